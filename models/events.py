@@ -1,0 +1,154 @@
+"""From decoded events to the facts table the profile fold reads; validation of event semantics.
+
+An order event becomes one fact row per order line; a product event becomes one fact row. Every row
+keeps its source coordinates (topic, partition, offset), which order "latest value" fields and
+let records say where they came from. Rows are assigned to a state *bucket* by their store, so that
+one store's entities live together and its model scores all of them in one call.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storeml.models.profiles import facts_frame
+
+__all__ = [
+    "EventKind",
+    "ORDER",
+    "PRODUCT",
+    "bucket_of",
+    "buckets_of",
+    "validate_order",
+    "validate_product",
+    "order_facts",
+    "product_facts",
+    "facts_from_events",
+]
+
+EventKind = str
+ORDER: EventKind = "order"
+PRODUCT: EventKind = "product"
+_PRODUCT_KINDS = {"created", "updated", "viewed", "unknown"}
+
+
+def bucket_of(store_id: str, buckets: int) -> int:
+    """State bucket of a store: stable across processes and runs (CRC-32 of the UTF-8 id)."""
+    return zlib.crc32(store_id.encode()) % buckets
+
+
+def buckets_of(store_ids: Iterable[str], buckets: int) -> np.ndarray:
+    """:func:`bucket_of` for many stores (cached per distinct store)."""
+    cache: dict[str, int] = {}
+    out = []
+    for store in store_ids:
+        value = cache.get(store)
+        if value is None:
+            value = cache[store] = bucket_of(store, buckets)
+        out.append(value)
+    return np.asarray(out, dtype="int32")
+
+
+def validate_order(record: Mapping[str, Any]) -> str | None:
+    """Why this decoded order cannot be folded, or None when it can."""
+    for name in ("store_id", "customer_id", "order_id"):
+        if not record.get(name):
+            return f"order has an empty {name}"
+    if record.get("event_time", -1) < 0:
+        return f"order {record['order_id']} has a negative event_time {record.get('event_time')}"
+    lines = record.get("lines") or []
+    if not lines:
+        return f"order {record['order_id']} has no lines"
+    for number, line in enumerate(lines):
+        if not line.get("product_id"):
+            return f"order {record['order_id']} line {number} has an empty product_id"
+        if line.get("quantity", 0) < 1:
+            return f"order {record['order_id']} line {number} has quantity {line.get('quantity')} (< 1)"
+        if line.get("unit_price_minor", -1) < 0:
+            return (
+                f"order {record['order_id']} line {number} has a negative unit_price_minor"
+                f" {line.get('unit_price_minor')}"
+            )
+    return None
+
+
+def validate_product(record: Mapping[str, Any]) -> str | None:
+    """Why this decoded product event cannot be folded, or None when it can."""
+    for name in ("store_id", "product_id"):
+        if not record.get(name):
+            return f"product event has an empty {name}"
+    if record.get("event_time", -1) < 0:
+        return f"product event for {record['product_id']} has a negative event_time"
+    if record.get("kind") not in _PRODUCT_KINDS:
+        return f"product event kind {record.get('kind')!r} is not one of {sorted(_PRODUCT_KINDS)}"
+    price = record.get("price_minor")
+    if price is not None and price < 0:
+        return f"product {record['product_id']} has a negative price_minor {price}"
+    return None
+
+
+def order_facts(
+    record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
+) -> list[dict[str, Any]]:
+    """Fact rows (one per line) of a valid order."""
+    base = {
+        "bucket": bucket,
+        "kind": "order_line",
+        "store_id": record["store_id"],
+        "customer_id": record["customer_id"],
+        "order_id": record["order_id"],
+        "event_time": record["event_time"],
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+    return [
+        {
+            **base,
+            "product_id": line["product_id"],
+            "category": line.get("category"),
+            "quantity": line["quantity"],
+            "unit_price_minor": line["unit_price_minor"],
+        }
+        for line in record["lines"]
+    ]
+
+
+def product_facts(
+    record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
+) -> list[dict[str, Any]]:
+    """The fact row of a valid product event."""
+    return [
+        {
+            "bucket": bucket,
+            "kind": "product_event",
+            "store_id": record["store_id"],
+            "customer_id": record.get("customer_id"),
+            "product_id": record["product_id"],
+            "event_time": record["event_time"],
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "event_kind": record["kind"],
+            "title": record.get("title"),
+            "description": record.get("description"),
+            "price_minor": record.get("price_minor"),
+            "category": record.get("category"),
+        }
+    ]
+
+
+def facts_from_events(
+    events: Iterable[tuple[EventKind, Mapping[str, Any], str, int, int]], buckets: int = 1
+) -> pd.DataFrame:
+    """Facts table from already-validated ``(kind, record, topic, partition, offset)`` tuples."""
+    rows: list[dict[str, Any]] = []
+    for kind, record, topic, partition, offset in events:
+        bucket = bucket_of(record["store_id"], buckets)
+        make = order_facts if kind == ORDER else product_facts
+        rows.extend(make(record, topic, partition, offset, bucket))
+    return facts_frame(rows)

@@ -1,0 +1,58 @@
+"""The storeml exception tree. Every error we raise on purpose derives from ``StoremlError``.
+
+    StoremlError
+    ├── ConfigError          a setting, config file or model package is invalid (names key and file)
+    ├── CodecError           a message could not be encoded or decoded
+    │   └── UnknownSchemaError   the message names a writer schema we do not know
+    ├── ConnectorError       talking to Kafka, Redis, MLflow or the filesystem failed
+    │   └── StackError       the local stack (broker, Redis, MLflow, Java) could not be started
+    ├── StateError           the profile state store is missing a version or is inconsistent
+    └── ModelError           a model could not be loaded or failed to score
+
+Messages name the bad value and say how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StoremlError",
+    "ConfigError",
+    "CodecError",
+    "UnknownSchemaError",
+    "ConnectorError",
+    "StackError",
+    "StateError",
+    "ModelError",
+]
+
+
+class StoremlError(Exception):
+    """Root of every error storeml raises on purpose."""
+
+
+class ConfigError(StoremlError):
+    """A setting, config file or model package is invalid."""
+
+
+class CodecError(StoremlError):
+    """A message could not be encoded or decoded."""
+
+
+class UnknownSchemaError(CodecError):
+    """A message names a writer schema (fingerprint) that is not in the schema folder."""
+
+
+class ConnectorError(StoremlError):
+    """Talking to an external system (Kafka, Redis, MLflow, filesystem) failed."""
+
+
+class StackError(ConnectorError):
+    """The local development stack could not be started or reached."""
+
+
+class StateError(StoremlError):
+    """The profile state store is missing a version or is inconsistent."""
+
+
+class ModelError(StoremlError):
+    """A model could not be loaded or failed to score."""

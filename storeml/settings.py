@@ -1,0 +1,219 @@
+"""The one settings object of a storeml process.
+
+Values come, highest priority first, from keyword arguments, ``STOREML_*`` environment variables,
+the TOML file named by ``STOREML_CONFIG`` (keys are the field names below, without the prefix), and
+the defaults. The defaults describe the embedded local stack started by ``storeml stack up``;
+pointing storeml at a real Kafka, Redis or MLflow is a matter of settings only, for example::
+
+    STOREML_KAFKA_BOOTSTRAP=kafka-1:9092 STOREML_KAFKA_FLAVOR=apache
+    STOREML_REDIS_URL=redis://redis:6379/0 STOREML_MLFLOW_TRACKING_URI=http://mlflow:5000
+
+A misspelt key fails loudly, naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storeml.errors import ConfigError
+
+__all__ = ["Settings", "get_settings", "load_settings", "CONFIG_ENV"]
+
+CONFIG_ENV = "STOREML_CONFIG"
+ENV_PREFIX = "STOREML_"
+
+
+class Settings(BaseSettings):
+    """Frozen settings; build with :func:`load_settings` (or :func:`get_settings` for the cached one)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    # --- local state -------------------------------------------------------------------------
+    home: Path = Field(
+        default=Path(".storeml"),
+        description="Folder for local state: stack pid files and logs, MLflow store, checkpoints.",
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:19092", description="Kafka bootstrap servers (host:port[,host:port])."
+    )
+    kafka_flavor: Literal["apache", "tansu"] = Field(
+        default="tansu",
+        description=(
+            "Broker quirks profile. 'apache' for Apache Kafka / Confluent / Redpanda; 'tansu' for the"
+            " embedded broker, whose ListOffsets(latest) answer is wrong (high watermarks are then"
+            " read from fetch responses instead)."
+        ),
+    )
+    kafka_security: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for every client (security.protocol, sasl.*).",
+    )
+    kafka_password: SecretStr | None = Field(
+        default=None, description="sasl.password for every client, kept out of logs."
+    )
+    topic_orders: str = "storeml.orders"
+    topic_products: str = "storeml.products"
+    topic_customer_profiles: str = "storeml.customer-profiles"
+    topic_product_profiles: str = "storeml.product-profiles"
+    topic_dead_letter: str = "storeml.dead-letter"
+    topic_partitions: int = Field(default=4, ge=1, description="Partitions of topics storeml creates.")
+    kafka_transactions: bool = Field(
+        default=False,
+        description=(
+            "Write enriched records in Kafka transactions (one per task). Only meaningful on brokers"
+            " that isolate aborted records (Apache Kafka); the embedded broker does not."
+        ),
+    )
+
+    # --- Redis -------------------------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Feature store Redis URL.")
+    redis_prefix: str = Field(default="storeml", description="Prefix of every feature-store key.")
+
+    # --- MLflow ------------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default: SQLite at <home>/mlflow/mlflow.db.",
+    )
+    mlflow_registry_uri: str | None = Field(
+        default=None, description="MLflow registry URI; default: the tracking URI."
+    )
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="Artifact location for experiments storeml creates; default <home>/mlflow/artifacts.",
+    )
+    customer_model: str = Field(
+        default="storeml-customer-propensity",
+        description="Registered model scoring customer profiles (one model, one member per store).",
+    )
+    product_model: str = Field(
+        default="storeml-product-category",
+        description="Registered model predicting the top-5 categories of uncategorised products.",
+    )
+    serving_alias: str = Field(default="champion", description="Registry alias the stream serves.")
+    model_cache_size: int = Field(
+        default=2048, ge=1, description="Store models kept per process (least recently used evicted)."
+    )
+
+    # --- Spark / the stream ------------------------------------------------------------------
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "2g"
+    checkpoint_dir: Path | None = Field(
+        default=None, description="Spark checkpoint of the enrichment stream; default <home>/checkpoints/enrich."
+    )
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    max_records_per_batch: int = Field(default=50_000, ge=1)
+    trigger_seconds: float = Field(default=0.0, ge=0, description="Micro-batch interval; 0 = back to back.")
+    state_buckets: int = Field(
+        default=8,
+        ge=1,
+        description="Hash buckets of the profile state; fixed for the life of a checkpoint.",
+    )
+    state_snapshot_every: int = Field(
+        default=20, ge=1, description="Write a full state snapshot every N micro-batches."
+    )
+    state_retain_batches: int = Field(
+        default=50, ge=2, description="Micro-batches of state history kept for recovery."
+    )
+
+    @field_validator("home", "checkpoint_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().absolute()
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow_registry_uri or self.tracking_uri
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or (self.mlflow_dir / "artifacts").as_uri()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint_dir or self.home / "checkpoints" / "enrich"
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka properties for a client of this deployment, with ``overrides`` on top."""
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_security}
+        if self.kafka_password is not None:
+            config["sasl.password"] = self.kafka_password.get_secret_value()
+        config.update(overrides)
+        return config
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{CONFIG_ENV}={path}: no such file; fix the path or unset it") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    section = data.get("storeml", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [storeml] must be a table of settings")
+    return section
+
+
+def _describe(error: ValidationError, origin: str, file_keys: set[str]) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        source = origin if key.split(".")[0] in file_keys else f"environment ({ENV_PREFIX}{key.upper()})"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown setting {key!r}; see `storeml settings` for valid keys")
+        else:
+            lines.append(f"{source}: {key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid storeml settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, ``STOREML_*`` variables, the config file and defaults.
+
+    Raises :class:`ConfigError` naming the offending key and its origin (file or variable).
+    """
+    path = config_file or os.environ.get(CONFIG_ENV)
+    file_values: dict[str, Any] = _read_config_file(Path(path)) if path else {}
+    origin = str(path) if path else "arguments"
+    env_keys = {
+        name[len(ENV_PREFIX) :].lower()
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV
+    }
+    unknown = sorted(k for k in env_keys if k not in Settings.model_fields and not k.startswith("test_"))
+    if unknown:
+        names = ", ".join(f"{ENV_PREFIX}{k.upper()}" for k in unknown)
+        raise ConfigError(f"environment: unknown setting(s) {names}; see `storeml settings`")
+    # Environment variables beat the file: drop file keys that the environment sets.
+    merged = {k: v for k, v in file_values.items() if k.lower() not in env_keys}
+    merged.update(overrides)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, set(merged))) from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (built once)."""
+    return load_settings()
