@@ -39,6 +39,7 @@ __all__ = [
     "product_profiles",
     "TOP_CATEGORIES",
     "MS_PER_DAY",
+    "to_records",
 ]
 
 MS_PER_DAY = 86_400_000
@@ -449,4 +450,23 @@ def product_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame
     out["source"] = [
         sources.get(key, []) for key in zip(out["store_id"], out["product_id"], strict=True)
     ]
+    return out
+
+
+def to_records(frame: pd.DataFrame, fields: list[str]) -> list[dict[str, object]]:
+    """Rows of ``frame`` as plain-Python dicts of ``fields``: NaN/NA -> None, numpy -> int/float."""
+    out: list[dict[str, object]] = []
+    columns = [frame[f].tolist() if f in frame else [None] * len(frame) for f in fields]
+    for values in zip(*columns, strict=True):
+        record: dict[str, object] = {}
+        for name, value in zip(fields, values, strict=True):
+            if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+                record[name] = None
+            elif isinstance(value, np.integer):
+                record[name] = int(value)
+            elif isinstance(value, np.floating):
+                record[name] = float(value)
+            else:
+                record[name] = value
+        out.append(record)
     return out

@@ -1,0 +1,106 @@
+"""Enriched profiles to Kafka: idempotent producer, optional transactions, replay-safe headers.
+
+Every record is keyed ``<store_id>|<entity_id>`` (UTF-8) and carries headers that let a consumer
+drop a replayed duplicate without decoding the value:
+
+=========================  ==========================================================================
+``storeml.profile_version``  events folded into the profile; keep the highest seen per key, drop <=
+``storeml.source``           JSON list of the source ranges ``[topic, partition, first, last]`` folded in
+``storeml.schema``           ``<schema name>/v<N>`` of the Avro value (single-object encoded)
+``storeml.model``            ``<registered model>:<version>`` that scored it (``none`` when unscored)
+=========================  ==========================================================================
+
+With ``transactional_id`` set, each :meth:`flush` commits one Kafka transaction (use it on brokers
+that isolate aborted records, i.e. Apache Kafka, with consumers in ``read_committed``); without
+it the producer is idempotent and writes are at least once, which the headers make safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from storeml.connectors.base import Sink
+from storeml.errors import ConnectorError
+
+__all__ = ["KafkaRecordSink", "Header"]
+
+Header = tuple[str, bytes]
+
+
+class KafkaRecordSink(Sink):
+    """Produces already-encoded records; :meth:`flush` raises if any delivery failed."""
+
+    def __init__(self, config: dict[str, Any], transactional_id: str | None = None) -> None:
+        self.config = dict(config)
+        self.transactional_id = transactional_id
+
+    def setup(self) -> None:
+        from confluent_kafka import Producer
+
+        conf = {
+            "enable.idempotence": True,
+            "linger.ms": 10,
+            "compression.type": "lz4",
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+            **self.config,
+        }
+        if self.transactional_id:
+            conf["transactional.id"] = self.transactional_id
+        self._producer = Producer(conf)
+        self._errors: list[str] = []
+        self._in_transaction = False
+        if self.transactional_id:
+            try:
+                self._producer.init_transactions(30)
+            except Exception as exc:
+                raise ConnectorError(
+                    f"cannot init Kafka transactions for {self.transactional_id!r}: {exc}; set"
+                    " STOREML_KAFKA_TRANSACTIONS=false on brokers without transaction support"
+                ) from exc
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
+    ) -> None:
+        self.ensure_setup()
+        if self.transactional_id and not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=list(headers), on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        if not self._ready:
+            return
+        if self.transactional_id and self._in_transaction:
+            try:
+                self._producer.commit_transaction(timeout)
+            except Exception as exc:
+                self._producer.abort_transaction(timeout)
+                raise ConnectorError(f"Kafka transaction {self.transactional_id!r} failed: {exc}") from exc
+            finally:
+                self._in_transaction = False
+        remaining = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if remaining:
+            raise ConnectorError(f"{remaining} Kafka records not delivered within {timeout}s")
+        if errors:
+            raise ConnectorError(
+                f"{len(errors)} Kafka deliveries failed, first: {errors[0]}; is the topic created?"
+            )
+
+    def close(self) -> None:
+        if self._ready:
+            self._producer.flush(10)

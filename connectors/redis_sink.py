@@ -1,0 +1,143 @@
+"""Redis feature store: one hash per (store, entity), written in pipelined, replay-safe batches.
+
+Key layout (``prefix`` defaults to ``storeml``; the ``{store}`` hash tag keeps a store's keys in one
+Redis Cluster slot)::
+
+    <prefix>:{<store_id>}:customer:<customer_id>   -> hash of CustomerProfile fields
+    <prefix>:{<store_id>}:product:<product_id>     -> hash of ProductProfile fields
+
+Scalars are stored as their string form, lists and records (top_categories, predicted_categories,
+model, source) as JSON; null fields are absent. Every write goes through a Lua guard that replaces the
+hash only when the incoming ``profile_version`` is not older than the stored one, so a replayed or
+late write can never overwrite a newer profile, and a replay of the same batch rewrites identical
+values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from storeml.connectors.base import Sink
+from storeml.errors import ConnectorError
+
+__all__ = ["RedisProfileSink", "FeatureStore", "profile_key", "encode_fields", "decode_fields"]
+
+_GUARDED_REPLACE = """
+local current = redis.call('HGET', KEYS[1], 'profile_version')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+_JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source"}
+
+
+def profile_key(prefix: str, kind: str, store_id: str, entity_id: str) -> str:
+    """The Redis key of one profile (``kind`` is "customer" or "product")."""
+    return f"{prefix}:{{{store_id}}}:{kind}:{entity_id}"
+
+
+def encode_fields(record: Mapping[str, Any]) -> list[str]:
+    """Flatten a profile record into HSET arguments (field, value, ...); nulls are left out."""
+    args: list[str] = []
+    for name, value in record.items():
+        if value is None:
+            continue
+        if name in _JSON_FIELDS:
+            text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = str(value)
+        args.extend((name, text))
+    return args
+
+
+def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    """Inverse of :func:`encode_fields` for the fields whose type is not plain text."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        text = value.decode() if isinstance(value, bytes) else value
+        if name in _JSON_FIELDS:
+            out[name] = json.loads(text)
+        else:
+            out[name] = text
+    return out
+
+
+class RedisProfileSink(Sink):
+    """Writes profiles to Redis through the version guard, one pipeline per call."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+
+    def setup(self) -> None:
+        import redis
+
+        try:
+            self._client = redis.Redis.from_url(self.url, socket_timeout=30)
+            self._script = self._client.register_script(_GUARDED_REPLACE)
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise ConnectorError(f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL") from exc
+
+    def write(self, kind: str, records: Iterable[Mapping[str, Any]], id_field: str) -> tuple[int, int]:
+        """Write profile records; returns (written, skipped because a newer one was stored)."""
+        import redis
+
+        self.ensure_setup()
+        pipe = self._client.pipeline(transaction=False)
+        count = 0
+        for record in records:
+            key = profile_key(self.prefix, kind, record["store_id"], record[id_field])
+            self._script(keys=[key], args=[record["profile_version"], *encode_fields(record)], client=pipe)
+            count += 1
+        if not count:
+            return 0, 0
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise ConnectorError(f"Redis write of {count} {kind} profiles failed: {exc}") from exc
+        written = sum(1 for r in results if r == 1)
+        return written, count - written
+
+    def close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+
+class FeatureStore:
+    """Online lookups of profiles, for services and the CLI."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(url)
+
+    def get(self, kind: str, store_id: str, entity_id: str) -> dict[str, Any] | None:
+        """The profile hash, decoded, or None when the entity has no profile yet."""
+        raw = self._client.hgetall(profile_key(self.prefix, kind, store_id, entity_id))
+        return decode_fields(raw) if raw else None
+
+    def customer(self, store_id: str, customer_id: str) -> dict[str, Any] | None:
+        return self.get("customer", store_id, customer_id)
+
+    def product(self, store_id: str, product_id: str) -> dict[str, Any] | None:
+        return self.get("product", store_id, product_id)
+
+    def scan(self, kind: str, store_id: str | None = None, count: int = 1000) -> list[str]:
+        """Keys of profiles of ``kind`` (optionally one store), for tools and tests."""
+        pattern = f"{self.prefix}:{{{store_id}}}:{kind}:*" if store_id else f"{self.prefix}:*:{kind}:*"
+        return [k.decode() for k in self._client.scan_iter(match=pattern, count=count)]
+
+    def close(self) -> None:
+        self._client.close()

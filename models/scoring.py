@@ -1,0 +1,244 @@
+"""Features and scoring of profiles with a per-store bundle: pure pandas, DataFrame in, DataFrame out.
+
+The feature code here is the only feature code: training (:mod:`storeml.models.training`) and the
+stream call the same functions, so a model never sees features computed another way.
+
+Scoring groups rows by store and calls ``predict_proba`` once per store that has a model of its
+own, plus once for all rows served by the global fallback, never once per row. The fallback rule,
+documented in the output's ``model.scope``:
+
+* ``store``  the store's own model scored the row;
+* ``global`` the store has no model of its own (too few examples or one class when trained):
+  the global model, trained on every store, scored it;
+* ``none``   unscored: no registered model or alias (``bundle`` is None), a bundle with no global
+  model, or nothing to score (a product that already has a category, or no title/description).
+  Customers get ``propensity`` None, products an empty ``predicted_categories``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from storeml.errors import ModelError
+
+if TYPE_CHECKING:
+    from storeml.connectors.mlflow_registry import ModelHandle
+    from storeml.models.store_models import StoreModelBundle
+
+__all__ = [
+    "CUSTOMER_FEATURES",
+    "NO_ORDER_DAYS",
+    "TOP_K",
+    "customer_features",
+    "product_text",
+    "score_customers",
+    "score_products",
+]
+
+#: Days-since-last-order given to customers who never ordered (the profile says null).
+NO_ORDER_DAYS = 3650.0
+#: Predicted categories per uncategorised product.
+TOP_K = 5
+
+#: Columns of :func:`customer_features`, in order (models are trained on this order).
+CUSTOMER_FEATURES: tuple[str, ...] = (
+    "order_count",
+    "log_total_spend",
+    "log_avg_order_value",
+    "days_since_last_order",
+    "days_active",
+    "has_ordered",
+    "log_product_views",
+    "top_category_count",
+    "top_category_share",
+)
+
+
+def _numeric(profiles: pd.DataFrame, column: str) -> pd.Series:
+    if column not in profiles:
+        return pd.Series(np.nan, index=profiles.index, dtype="float64")
+    return pd.to_numeric(profiles[column], errors="coerce").astype("float64")
+
+
+def customer_features(profiles: pd.DataFrame) -> pd.DataFrame:
+    """Numeric model features of customer profiles (columns :data:`CUSTOMER_FEATURES`).
+
+    Reads the columns :func:`storeml.models.profiles.customer_profiles` produces (or their
+    Avro-decoded form, with None for nulls). Never NaN: a customer without orders gets
+    ``days_since_last_order`` = :data:`NO_ORDER_DAYS` and zero money features.
+    """
+    orders = _numeric(profiles, "order_count").fillna(0.0)
+    spend = _numeric(profiles, "total_spend_minor").fillna(0.0).clip(lower=0)
+    avg = _numeric(profiles, "avg_order_value_minor").fillna(0.0).clip(lower=0)
+    since = _numeric(profiles, "days_since_last_order").fillna(NO_ORDER_DAYS)
+    first = _numeric(profiles, "first_order_time")
+    last_event = _numeric(profiles, "last_event_time")
+    active = ((last_event - first) / 86_400_000.0).fillna(0.0).clip(lower=0)
+    views = _numeric(profiles, "product_views").fillna(0.0).clip(lower=0)
+    if "top_categories" in profiles:
+        tops = profiles["top_categories"]
+        count = tops.map(lambda t: len(t) if t is not None else 0).astype("float64")
+        share = tops.map(
+            lambda t: float(t[0]["share"]) if t is not None and len(t) else 0.0
+        ).astype("float64")
+    else:
+        count = share = pd.Series(0.0, index=profiles.index)
+    out = pd.DataFrame(
+        {
+            "order_count": orders,
+            "log_total_spend": np.log1p(spend),
+            "log_avg_order_value": np.log1p(avg),
+            "days_since_last_order": since,
+            "days_active": active,
+            "has_ordered": (orders > 0).astype("float64"),
+            "log_product_views": np.log1p(views),
+            "top_category_count": count,
+            "top_category_share": share,
+        },
+        index=profiles.index,
+    )
+    return out[list(CUSTOMER_FEATURES)]
+
+
+def product_text(profiles: pd.DataFrame) -> pd.Series:
+    """The text a product is categorised by: title and description (missing parts empty)."""
+    def part(column: str) -> pd.Series:
+        if column not in profiles:
+            return pd.Series("", index=profiles.index, dtype=object)
+        values = profiles[column]
+        return values.where(values.notna(), "").astype(str)
+
+    return (part("title") + " " + part("description")).str.strip()
+
+
+def _model_name(
+    bundle: StoreModelBundle | None, handle: ModelHandle | None, model_name: str | None
+) -> str:
+    if handle is not None:
+        return handle.name
+    if model_name:
+        return model_name
+    if bundle is not None:
+        return str(bundle.index.get("metadata", {}).get("model_name", ""))
+    return ""
+
+
+def _refs(name: str, version: str | None, scopes: np.ndarray) -> list[dict[str, Any]]:
+    return [{"name": name, "version": version, "scope": scope} for scope in scopes.tolist()]
+
+
+def _groups(stores: pd.Series, rows: np.ndarray) -> dict[Any, np.ndarray]:
+    """Row positions (into the full frame) grouped by store, for the given positions."""
+    if len(rows) == 0:
+        return {}
+    values = stores.to_numpy()[rows]
+    positions = pd.Series(values).groupby(values, sort=False).indices
+    return {store: rows[where] for store, where in positions.items()}
+
+
+def _predict(estimator: Any, inputs: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(estimator.predict_proba(inputs))
+    except Exception as exc:
+        raise ModelError(f"{what}: predict_proba failed: {exc}") from exc
+
+
+def _score_groups(
+    bundle: StoreModelBundle,
+    groups: dict[Any, np.ndarray],
+    scopes: np.ndarray,
+    predict: Any,
+) -> None:
+    """Call ``predict(estimator, rows, label)`` once per own-model store and once for the rest."""
+    fallback: list[np.ndarray] = []
+    for store, rows in groups.items():
+        estimator, scope = bundle.model_for(store)
+        if scope == "store":
+            predict(estimator, rows, f"store {store!r}")
+            scopes[rows] = "store"
+        elif scope == "global":
+            fallback.append(rows)
+    if fallback:
+        rows = np.concatenate(fallback)
+        predict(bundle.global_model(), rows, "global model")
+        scopes[rows] = "global"
+
+
+def score_customers(
+    profiles: pd.DataFrame,
+    bundle: StoreModelBundle | None,
+    handle: ModelHandle | None,
+    *,
+    model_name: str | None = None,
+) -> pd.DataFrame:
+    """``profiles`` plus ``propensity`` (float, None when unscored) and ``model`` (ModelRef dict).
+
+    ``bundle`` None (no registered model or alias) publishes every row unscored. ``model_name``
+    names the model in ``model`` when there is no ``handle``.
+    """
+    out = profiles.copy()
+    n = len(out)
+    propensity = np.full(n, np.nan)
+    scopes = np.full(n, "none", dtype=object)
+    if bundle is not None and n:
+        features = customer_features(out).to_numpy(dtype="float64")
+
+        def predict(estimator: Any, rows: np.ndarray, label: str) -> None:
+            proba = _predict(estimator, features[rows], label)
+            classes = list(getattr(estimator, "classes_", [0, 1]))
+            if 1 not in classes:
+                raise ModelError(
+                    f"{label}: classes {classes} have no positive class 1; the propensity model"
+                    " must be trained on labels 0/1"
+                )
+            propensity[rows] = proba[:, classes.index(1)]
+
+        _score_groups(bundle, _groups(out["store_id"], np.arange(n)), scopes, predict)
+    out["propensity"] = [None if np.isnan(p) else float(p) for p in propensity]
+    version = handle.version if handle is not None else None
+    out["model"] = _refs(_model_name(bundle, handle, model_name), version, scopes)
+    return out
+
+
+def score_products(
+    profiles: pd.DataFrame,
+    bundle: StoreModelBundle | None,
+    handle: ModelHandle | None,
+    *,
+    model_name: str | None = None,
+    top_k: int = TOP_K,
+) -> pd.DataFrame:
+    """``profiles`` plus ``predicted_categories`` and ``model`` (ModelRef dict).
+
+    Products whose ``category`` is None and that have some title/description text get up to
+    ``top_k`` ``{"category", "probability", "rank"}`` dicts, most likely first (rank 0); every
+    other row gets ``[]`` and scope "none".
+    """
+    out = profiles.copy()
+    n = len(out)
+    predicted: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    scopes = np.full(n, "none", dtype=object)
+    if bundle is not None and n:
+        texts = product_text(out).to_numpy(dtype=object)
+        category = out["category"] if "category" in out else pd.Series(None, index=out.index)
+        wanted = np.flatnonzero(category.isna().to_numpy() & (texts != ""))
+
+        def predict(estimator: Any, rows: np.ndarray, label: str) -> None:
+            proba = _predict(estimator, list(texts[rows]), label)
+            classes = np.asarray(getattr(estimator, "classes_", []), dtype=object)
+            k = min(top_k, proba.shape[1])
+            best = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+            for row, order, p in zip(rows.tolist(), best, proba, strict=True):
+                predicted[row] = [
+                    {"category": str(classes[j]), "probability": float(p[j]), "rank": rank}
+                    for rank, j in enumerate(order.tolist())
+                ]
+
+        _score_groups(bundle, _groups(out["store_id"], wanted), scopes, predict)
+    out["predicted_categories"] = predicted
+    version = handle.version if handle is not None else None
+    out["model"] = _refs(_model_name(bundle, handle, model_name), version, scopes)
+    return out

@@ -1,0 +1,525 @@
+"""The per-store "model of models": a bundle folder, its lazy loader, and the per-process cache.
+
+A bundle is a folder written by :func:`write_bundle`::
+
+    index.json             kind, feature list, trained_at, and per store: file, classes, examples
+    global.joblib          the fallback model trained on every store's examples (may be absent)
+    stores/<quoted id>.joblib   one small fitted estimator per store that has enough examples
+
+It is what a registered model version holds (``<model root>/artifacts/stores``, see
+:mod:`storeml.connectors.mlflow_registry`). :class:`StoreModelBundle` reads ``index.json`` when
+opened and a store's file only when that store is first scored; :class:`ModelCache` (one per
+process, :func:`get_model_cache`) maps a :class:`ModelHandle` to an opened bundle, downloading a
+version's files once per host, and bounds the store models kept in memory (least recently used
+are dropped). Spark executors reach the cache through the module-level :func:`get_model_cache`,
+so nothing unpicklable is ever captured in a closure.
+
+Estimators only need ``predict_proba`` and ``classes_`` (scikit-learn API). Loading a bundle never
+imports MLflow unless the version has to be downloaded from a remote artifact store. The MLflow
+pyfunc wrapper, ``StoreBundleModel``, is built on first attribute access (it subclasses an MLflow
+class), so it is left out of ``__all__``; :func:`make_pyfunc_model` returns an instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlparse
+from urllib.request import url2pathname
+
+import joblib
+
+from storeml.errors import ModelError
+
+if TYPE_CHECKING:
+    from storeml.connectors.mlflow_registry import ModelHandle
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "INDEX_FILE",
+    "GLOBAL_FILE",
+    "Scope",
+    "CacheStats",
+    "StoreModelBundle",
+    "ModelCache",
+    "get_model_cache",
+    "store_file_name",
+    "write_bundle",
+    "make_pyfunc_model",
+]
+
+BUNDLE_FORMAT = 1
+INDEX_FILE = "index.json"
+GLOBAL_FILE = "global.joblib"
+STORES_DIR = "stores"
+
+#: Which model scored a row: the store's own, the global fallback, or none (unscored).
+Scope = Literal["store", "global", "none"]
+
+_MAX_NAME = 180
+
+
+def store_file_name(store_id: str) -> str:
+    """File name of a store's model: the URL-quoted id (hashed when too long for a file name)."""
+    quoted = quote(store_id, safe="")
+    if len(quoted) > _MAX_NAME or quoted in ("", ".", ".."):
+        quoted = "h-" + hashlib.sha256(store_id.encode()).hexdigest()
+    return f"{quoted}.joblib"
+
+
+def _jsonable(values: Iterable[Any]) -> list[Any]:
+    out = []
+    for value in values:
+        out.append(value.item() if hasattr(value, "item") else value)
+    return out
+
+
+def write_bundle(
+    folder: str | Path,
+    *,
+    kind: str,
+    features: Iterable[str],
+    store_models: Mapping[str, Any],
+    global_model: Any | None,
+    examples: Mapping[str, int] | None = None,
+    global_examples: int | None = None,
+    trained_at_ms: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle folder (one joblib file per store, the global model, ``index.json``).
+
+    ``examples`` counts each store's training examples (every store seen in training, including
+    those without a model of their own). Returns the folder.
+    """
+    root = Path(folder)
+    (root / STORES_DIR).mkdir(parents=True, exist_ok=True)
+    counts = dict(examples or {})
+    stores: dict[str, dict[str, Any]] = {}
+    for store_id, estimator in store_models.items():
+        relative = f"{STORES_DIR}/{store_file_name(store_id)}"
+        joblib.dump(estimator, root / relative)
+        stores[str(store_id)] = {
+            "file": relative,
+            "classes": _jsonable(getattr(estimator, "classes_", [])),
+            "examples": int(counts.get(store_id, 0)),
+        }
+    global_entry = None
+    if global_model is not None:
+        joblib.dump(global_model, root / GLOBAL_FILE)
+        global_entry = {
+            "file": GLOBAL_FILE,
+            "classes": _jsonable(getattr(global_model, "classes_", [])),
+            "examples": int(global_examples if global_examples is not None else sum(counts.values())),
+        }
+    index = {
+        "format": BUNDLE_FORMAT,
+        "kind": kind,
+        "features": list(features),
+        "trained_at": int(trained_at_ms if trained_at_ms is not None else time.time() * 1000),
+        "metadata": dict(metadata or {}),
+        "global": global_entry,
+        "stores": stores,
+        "examples": {str(k): int(v) for k, v in counts.items()},
+    }
+    (root / INDEX_FILE).write_text(json.dumps(index, sort_keys=True))
+    return root
+
+
+@dataclass
+class CacheStats:
+    """Counters of one process's model loading (see :meth:`ModelCache.stats`).
+
+    ``hits``/``misses``: store-model lookups answered from memory / from a file (``loads`` files
+    read in ``load_seconds``); ``fallbacks``: lookups of stores without a model of their own;
+    ``evictions``: store models dropped by the LRU bound; ``bundle_*``: version lookups and
+    downloads.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    load_seconds: float = 0.0
+    fallbacks: int = 0
+    evictions: int = 0
+    bundle_hits: int = 0
+    bundle_misses: int = 0
+    downloads: int = 0
+    download_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(asdict(self))
+
+
+class _StoreLRU:
+    """Least-recently-used store models, possibly shared by several bundles of one process."""
+
+    def __init__(self, capacity: int, stats: CacheStats) -> None:
+        self.capacity = capacity
+        self.stats = stats
+        self.items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.lock = threading.RLock()
+
+    def get(self, key: tuple[str, str]) -> Any | None:
+        item = self.items.get(key)
+        if item is not None:
+            self.items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple[str, str], value: Any) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        self.trim()
+
+    def trim(self) -> None:
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+            self.stats.evictions += 1
+
+    def drop_bundle(self, bundle_key: str) -> None:
+        for key in [k for k in self.items if k[0] == bundle_key]:
+            del self.items[key]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class StoreModelBundle:
+    """An opened bundle folder: ``index.json`` read now, store models loaded on first use.
+
+    At most ``cache_size`` store models stay in memory (least recently used dropped; the global
+    model is always kept). Bundles opened by a :class:`ModelCache` share its bound.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        cache_size: int = 2048,
+        *,
+        _lru: _StoreLRU | None = None,
+        _key: str | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        try:
+            self.index: dict[str, Any] = json.loads((self.folder / INDEX_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"{self.folder} is not a model bundle ({INDEX_FILE} unreadable: {exc}); it should"
+                " be the artifacts/stores folder of a storeml model version"
+            ) from exc
+        if self.index.get("format") != BUNDLE_FORMAT:
+            raise ModelError(
+                f"{self.folder}: bundle format {self.index.get('format')!r} is not"
+                f" {BUNDLE_FORMAT}; retrain with this storeml version"
+            )
+        self._stores: dict[str, dict[str, Any]] = self.index.get("stores", {})
+        self._key = _key or uuid.uuid4().hex
+        self._lru = _lru or _StoreLRU(cache_size, CacheStats())
+        self._global: Any | None = None
+        self._global_loaded = False
+
+    # --- description -----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return str(self.index.get("kind", ""))
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.index.get("features", []))
+
+    @property
+    def stores(self) -> list[str]:
+        """Stores with a model of their own."""
+        return list(self._stores)
+
+    @property
+    def has_global(self) -> bool:
+        return self.index.get("global") is not None
+
+    @property
+    def stats(self) -> CacheStats:
+        return self._lru.stats
+
+    @property
+    def loaded(self) -> int:
+        """Store models of this bundle currently in memory."""
+        with self._lru.lock:
+            return sum(1 for key in self._lru.items if key[0] == self._key)
+
+    def __contains__(self, store_id: object) -> bool:
+        return store_id in self._stores
+
+    def __repr__(self) -> str:
+        return f"StoreModelBundle({str(self.folder)!r}, kind={self.kind!r}, stores={len(self._stores)})"
+
+    # --- loading ---------------------------------------------------------------------------
+    def _load(self, relative: str) -> Any:
+        path = self.folder / relative
+        started = time.perf_counter()
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # unpickling can raise anything
+            raise ModelError(
+                f"cannot load model file {path}: {exc}; the bundle is incomplete or was written"
+                " with incompatible library versions"
+            ) from exc
+        stats = self._lru.stats
+        stats.loads += 1
+        stats.load_seconds += time.perf_counter() - started
+        return model
+
+    def global_model(self) -> Any | None:
+        """The fallback model trained on every store, or None when the bundle has none."""
+        if not self._global_loaded:
+            with self._lru.lock:
+                if not self._global_loaded:
+                    entry = self.index.get("global")
+                    self._global = self._load(entry["file"]) if entry else None
+                    self._global_loaded = True
+        return self._global
+
+    def model_for(self, store_id: str) -> tuple[Any | None, Scope]:
+        """The model that scores ``store_id``, and its scope.
+
+        ("store" model, "store") when the store has its own model; (global model, "global") when
+        it has not; (None, "none") when the bundle has no model for it at all.
+        """
+        entry = self._stores.get(store_id)
+        lru = self._lru
+        if entry is None:
+            lru.stats.fallbacks += 1
+            fallback = self.global_model()
+            return (fallback, "global") if fallback is not None else (None, "none")
+        key = (self._key, store_id)
+        with lru.lock:
+            model = lru.get(key)
+            if model is not None:
+                lru.stats.hits += 1
+                return model, "store"
+            lru.stats.misses += 1
+            model = self._load(entry["file"])
+            lru.put(key, model)
+        return model, "store"
+
+    def release(self) -> None:
+        """Drop this bundle's store models from memory (they reload on next use)."""
+        with self._lru.lock:
+            self._lru.drop_bundle(self._key)
+        self._global, self._global_loaded = None, False
+
+
+def _local_folder(uri: str) -> Path | None:
+    """The local path of a ``file://`` URI or plain path; None for remote URIs."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(uri)
+    return None
+
+
+class ModelCache:
+    """Opened bundles of the last ``max_versions`` model versions used by this process.
+
+    Use the process's instance, :func:`get_model_cache`. Versions on a local artifact store
+    (``file://``) are opened in place; others are downloaded once per host into ``cache_dir``
+    (shared by the processes of a host; a download lands under a temporary name and is renamed,
+    so concurrent workers never see half a bundle). Downloaded folders are not deleted when a
+    version is dropped from memory: another process of the host may still use them.
+    """
+
+    def __init__(
+        self, cache_size: int = 2048, *, max_versions: int = 4, cache_dir: str | Path | None = None
+    ) -> None:
+        self.stats_ = CacheStats()
+        self._lru = _StoreLRU(cache_size, self.stats_)
+        self.max_versions = max_versions
+        self.cache_dir = Path(cache_dir) if cache_dir else (
+            Path(tempfile.gettempdir()) / f"storeml-models-{_user()}"
+        )
+        self._bundles: OrderedDict[tuple[str, str, str], StoreModelBundle] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @property
+    def cache_size(self) -> int:
+        return self._lru.capacity
+
+    @cache_size.setter
+    def cache_size(self, value: int) -> None:
+        with self._lru.lock:
+            self._lru.capacity = value
+            self._lru.trim()
+
+    def bundle(
+        self,
+        handle: ModelHandle,
+        tracking_uri: str | None = None,
+        registry_uri: str | None = None,
+    ) -> StoreModelBundle:
+        """The opened bundle of ``handle``'s version (opened or downloaded on first request)."""
+        key = (handle.name, handle.version, handle.source)
+        with self._lock:
+            bundle = self._bundles.get(key)
+            if bundle is not None:
+                self._bundles.move_to_end(key)
+                self.stats_.bundle_hits += 1
+                return bundle
+            self.stats_.bundle_misses += 1
+            folder = self._folder(handle, tracking_uri, registry_uri)
+            bundle = StoreModelBundle(folder, _lru=self._lru)
+            self._bundles[key] = bundle
+            while len(self._bundles) > self.max_versions:
+                _, old = self._bundles.popitem(last=False)
+                old.release()
+            return bundle
+
+    def _folder(
+        self, handle: ModelHandle, tracking_uri: str | None, registry_uri: str | None
+    ) -> Path:
+        local = _local_folder(handle.stores_uri)
+        if local is not None:
+            if not (local / INDEX_FILE).exists():
+                raise ModelError(
+                    f"model {handle.name} version {handle.version}: no bundle at {local}; the"
+                    " artifact store must be reachable from every executor (use a shared"
+                    " filesystem or a remote artifact store)"
+                )
+            return local
+        digest = hashlib.sha256(handle.source.encode()).hexdigest()[:12]
+        target = self.cache_dir / quote(handle.name, safe="") / f"{handle.version}-{digest}"
+        if (target / INDEX_FILE).exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        started = time.perf_counter()
+        try:
+            import mlflow
+
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=handle.stores_uri,
+                dst_path=str(staging),
+                tracking_uri=tracking_uri,
+                registry_uri=registry_uri,
+            )
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelError(
+                f"cannot download model {handle.name} version {handle.version} from"
+                f" {handle.stores_uri}: {exc}"
+            ) from exc
+        self.stats_.downloads += 1
+        self.stats_.download_seconds += time.perf_counter() - started
+        try:
+            os.rename(path, target)
+        except OSError:  # another process of this host won the race: use its copy
+            if not (target / INDEX_FILE).exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def stats(self) -> dict[str, float]:
+        """Counters (see :class:`CacheStats`) plus ``store_models`` and ``versions`` in memory."""
+        out = self.stats_.as_dict()
+        out["store_models"] = len(self._lru)
+        out["versions"] = len(self._bundles)
+        return out
+
+    def clear(self) -> None:
+        """Forget every opened bundle and loaded model (counters are kept)."""
+        with self._lock:
+            for bundle in self._bundles.values():
+                bundle.release()
+            self._bundles.clear()
+
+
+def _user() -> str:
+    try:
+        return str(os.getuid())
+    except AttributeError:  # Windows
+        return os.environ.get("USERNAME", "user")
+
+
+_cache: ModelCache | None = None
+_cache_lock = threading.Lock()
+
+
+def get_model_cache(cache_size: int | None = None) -> ModelCache:
+    """The process's :class:`ModelCache` (created on first call; ``cache_size`` updates its bound).
+
+    Call it inside the function that runs on the executor, never capture the cache itself.
+    """
+    global _cache
+    if _cache is None:
+        with _cache_lock:
+            if _cache is None:
+                _cache = ModelCache(cache_size or 2048)
+    if cache_size is not None and cache_size != _cache.cache_size:
+        _cache.cache_size = cache_size
+    return _cache
+
+
+# --- the MLflow pyfunc face of a bundle ------------------------------------------------------
+# The class subclasses mlflow.pyfunc.PythonModel, so defining it imports MLflow (1.5 s). It is
+# built on first access (module __getattr__), which keeps `import storeml.models.store_models`
+# cheap on executors while pickle still finds it as storeml.models.store_models.StoreBundleModel.
+_pyfunc_class: type | None = None
+
+
+def _build_pyfunc_class() -> type:
+    import mlflow.pyfunc
+    import pandas as pd
+
+    class StoreBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+        """``mlflow.pyfunc`` face of a bundle: ``predict(frame with store_id) -> frame``.
+
+        Input: profile rows as produced by ``models.profiles`` (customers: the profile columns,
+        or the feature columns themselves; products: ``title``/``description``/``category``).
+        Output: one row per input row, customers ``propensity`` and ``scope``; products
+        ``predicted_categories`` and ``scope``.
+        """
+
+        def load_context(self, context: Any) -> None:
+            self.bundle = StoreModelBundle(context.artifacts["stores"])
+
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            from storeml.models.scoring import score_customers, score_products
+
+            frame = pd.DataFrame(model_input).reset_index(drop=True)
+            if self.bundle.kind == "product":
+                scored = score_products(frame, self.bundle, None)
+                columns = ["predicted_categories"]
+            else:
+                scored = score_customers(frame, self.bundle, None)
+                columns = ["propensity"]
+            out = scored[columns].copy()
+            out["scope"] = [ref["scope"] for ref in scored["model"]]
+            return out
+
+    StoreBundleModel.__module__ = __name__
+    StoreBundleModel.__qualname__ = "StoreBundleModel"
+    return StoreBundleModel
+
+
+def __getattr__(name: str) -> Any:
+    global _pyfunc_class
+    if name == "StoreBundleModel":
+        if _pyfunc_class is None:
+            _pyfunc_class = _build_pyfunc_class()
+        return _pyfunc_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_pyfunc_model() -> Any:
+    """An instance of the pyfunc wrapper to pass to ``mlflow.pyfunc.log_model``."""
+    return __getattr__("StoreBundleModel")()

@@ -1,0 +1,296 @@
+"""The ``storeml`` command.
+
+Global options override settings; every setting can also come from a ``STOREML_*`` environment
+variable or the TOML file named by ``STOREML_CONFIG`` (see ``storeml settings``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from storeml.errors import StoremlError
+from storeml.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]  # type: ignore[no-any-return]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--config", type=click.Path(dir_okay=False), envvar="STOREML_CONFIG", show_envvar=True,
+              help="TOML settings file.")
+@click.option("--kafka-bootstrap", envvar="STOREML_KAFKA_BOOTSTRAP", show_envvar=True,
+              help="Kafka bootstrap servers [default: the embedded broker, 127.0.0.1:19092].")
+@click.option("--redis-url", envvar="STOREML_REDIS_URL", show_envvar=True,
+              help="Feature store Redis [default: redis://127.0.0.1:6379/0].")
+@click.option("--mlflow-tracking-uri", envvar="STOREML_MLFLOW_TRACKING_URI", show_envvar=True,
+              help="MLflow tracking URI [default: SQLite under <home>/mlflow].")
+@click.option("--home", envvar="STOREML_HOME", show_envvar=True, type=click.Path(file_okay=False),
+              help="Local state folder [default: .storeml].")
+@click.option("-v", "--verbose", is_flag=True, help="Log every micro-batch.")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, kafka_bootstrap: str | None, redis_url: str | None,
+         mlflow_tracking_uri: str | None, home: str | None, verbose: bool) -> None:
+    """storeml: per-store ML models on live commerce events (Kafka -> Spark -> Kafka + Redis)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("storeml").setLevel(logging.INFO)
+    overrides = {
+        k: v for k, v in {
+            "kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url,
+            "mlflow_tracking_uri": mlflow_tracking_uri, "home": home,
+        }.items() if v is not None
+    }
+    try:
+        ctx.obj = {"settings": load_settings(config, **overrides)}
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("settings")
+@click.pass_context
+def show_settings(ctx: click.Context) -> None:
+    """Print the effective settings (secrets masked) and what each one means."""
+    settings = _settings(ctx)
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "********" if "password" in name and value is not None else value
+        click.echo(f"{name} = {shown!s}")
+        if field.description:
+            click.echo(f"    STOREML_{name.upper()}: {field.description}")
+
+
+# --- stack -----------------------------------------------------------------------------------
+@main.group()
+def stack() -> None:
+    """The embedded local stack: Kafka-protocol broker, Redis, MLflow on SQLite."""
+
+
+@stack.command("up")
+@click.pass_context
+def stack_up_cmd(ctx: click.Context) -> None:
+    """Start what is not already running and create the topics."""
+    from storeml.stack import stack_up
+
+    settings = _settings(ctx)
+    status = _run(lambda: stack_up(settings))
+    _run(lambda: _create_topics(settings))
+    click.echo(str(status))
+
+
+@stack.command("down")
+@click.pass_context
+def stack_down_cmd(ctx: click.Context) -> None:
+    """Stop what `stack up` started (never a service it found running)."""
+    from storeml.stack import stack_down
+
+    click.echo(str(_run(lambda: stack_down(_settings(ctx)))))
+
+
+@stack.command("status")
+@click.pass_context
+def stack_status_cmd(ctx: click.Context) -> None:
+    """Show each component: running, external or stopped."""
+    from storeml.stack import stack_status
+
+    status = _run(lambda: stack_status(_settings(ctx)))
+    click.echo(str(status))
+    if not status.ok:
+        sys.exit(1)
+
+
+def _create_topics(settings: Settings) -> None:
+    from storeml.connectors.kafka_admin import ensure_topics
+
+    ensure_topics(
+        settings.kafka_config(),
+        [settings.topic_orders, settings.topic_products, settings.topic_customer_profiles,
+         settings.topic_product_profiles, settings.topic_dead_letter],
+        settings.topic_partitions,
+    )
+
+
+def _run(action: Any) -> Any:
+    try:
+        return action()
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# --- producers -------------------------------------------------------------------------------
+@main.command()
+@click.option("--stores", default=50, show_default=True, help="Stores in the synthetic shop.")
+@click.option("--events", default=20_000, show_default=True, help="Events to produce.")
+@click.option("--seed", default=7, show_default=True, help="Generator seed (same seed, same events).")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--malformed", type=float, default=0.0, show_default=True,
+              help="Fraction of deliberately malformed messages (dead-letter demo).")
+@click.pass_context
+def produce(ctx: click.Context, stores: int, events: int, seed: int, rate: float | None,
+            malformed: float) -> None:
+    """Produce synthetic order and product events."""
+    from storeml.connectors.event_producer import produce_events
+    from storeml.connectors.synthetic import GeneratorConfig, generate
+
+    settings = _settings(ctx)
+    _run(lambda: _create_topics(settings))
+    config = GeneratorConfig(stores=stores, events=events, seed=seed, malformed_fraction=malformed)
+    stats = _run(lambda: produce_events(
+        settings.kafka_config(), generate(config), settings.topic_orders, settings.topic_products,
+        rate=rate,
+    ))
+    click.echo(f"produced {stats}")
+
+
+@main.command("replay-csv")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--customer", required=True, help="Column holding the customer id.")
+@click.option("--timestamp", required=True, help="Column holding the time (ISO 8601 or epoch).")
+@click.option("--amount", required=True, help="Column holding the line amount (decimal).")
+@click.option("--store", default=None, help="Column holding the store id.")
+@click.option("--product", default=None, help="Column holding the product id.")
+@click.option("--category", default=None, help="Column holding the category.")
+@click.option("--quantity", default=None, help="Column holding the quantity.")
+@click.option("--order-id", default=None, help="Column grouping rows into one order.")
+@click.option("--default-store", default="csv", show_default=True, help="Store id when no store column.")
+@click.option("--currency", default="USD", show_default=True)
+@click.pass_context
+def replay_csv_cmd(ctx: click.Context, path: str, customer: str, timestamp: str, amount: str,
+                   store: str | None, product: str | None, category: str | None,
+                   quantity: str | None, order_id: str | None, default_store: str,
+                   currency: str) -> None:
+    """Replay a CSV transaction log into the order topic (bad rows go to the dead-letter topic)."""
+    from storeml.connectors.csv_replay import CsvMapping, replay_csv
+
+    settings = _settings(ctx)
+    _run(lambda: _create_topics(settings))
+    mapping = CsvMapping(customer=customer, timestamp=timestamp, amount=amount, store=store,
+                         product=product, category=category, quantity=quantity,
+                         order_id=order_id, default_store=default_store, currency=currency)
+    stats = _run(lambda: replay_csv(settings.kafka_config(), Path(path), mapping,
+                                    settings.topic_orders, settings.topic_dead_letter))
+    click.echo(f"replayed {stats}")
+
+
+# --- models ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--stores", default=50, show_default=True)
+@click.option("--events", default=20_000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--alias", default="champion", show_default=True)
+@click.pass_context
+def train(ctx: click.Context, stores: int, events: int, seed: int, alias: str) -> None:
+    """Train per-store models on synthetic history and register them under ALIAS."""
+    from storeml.batch.history import train_on_synthetic
+
+    handles = _run(lambda: train_on_synthetic(_settings(ctx), stores, events, seed, alias))
+    for kind, handle in handles.items():
+        click.echo(f"{kind}: {handle.name} version {handle.version} -> @{alias}")
+
+
+# --- stream ------------------------------------------------------------------------------------
+@main.group()
+def stream() -> None:
+    """The enrichment stream."""
+
+
+@stream.command("run")
+@click.option("--available-now", is_flag=True, help="Process what is in the topics, then stop.")
+@click.option("--max-records", type=int, default=None, envvar="STOREML_MAX_RECORDS_PER_BATCH",
+              show_envvar=True, help="Cap on records per micro-batch [default: 50000].")
+@click.option("--checkpoint", type=click.Path(file_okay=False), envvar="STOREML_CHECKPOINT_DIR",
+              show_envvar=True, help="Checkpoint folder [default: <home>/checkpoints/enrich].")
+@click.pass_context
+def stream_run(ctx: click.Context, available_now: bool, max_records: int | None,
+               checkpoint: str | None) -> None:
+    """Run the enrichment stream (until stopped, or until caught up with --available-now)."""
+    from storeml.streams.enrich import start_enrichment
+    from storeml.streams.spark_session import get_spark
+
+    base = _settings(ctx)
+    updates: dict[str, Any] = {}
+    if max_records is not None:
+        updates["max_records_per_batch"] = max_records
+    if checkpoint is not None:
+        updates["checkpoint_dir"] = Path(checkpoint).absolute()
+    settings = base.model_copy(update=updates)
+
+    def report(batch: Any) -> None:
+        click.echo(
+            f"batch {batch.batch_id}: {batch.events} events ({batch.dead_letters} dead letters) -> "
+            f"{batch.customers} customers, {batch.products} products in {batch.seconds:.2f}s "
+            f"[{', '.join(f'{k}={v}' for k, v in batch.models.items())}]"
+        )
+
+    spark = get_spark(settings, "storeml-stream")
+    query, _ = _run(lambda: start_enrichment(spark, settings, available_now=available_now,
+                                             on_batch=report))
+    signal.signal(signal.SIGTERM, lambda *_: query.stop())
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    finally:
+        error = query.exception()
+        spark.stop()
+    if error is not None:
+        raise click.ClickException(f"stream failed: {error}")
+
+
+# --- lookups -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("kind", type=click.Choice(["customer", "product"]))
+@click.argument("store_id")
+@click.argument("entity_id")
+@click.pass_context
+def lookup(ctx: click.Context, kind: str, store_id: str, entity_id: str) -> None:
+    """Print one profile from the Redis feature store."""
+    from storeml.connectors.redis_sink import FeatureStore
+
+    settings = _settings(ctx)
+    profile = FeatureStore(settings.redis_url, settings.redis_prefix).get(kind, store_id, entity_id)
+    if profile is None:
+        raise click.ClickException(f"no {kind} profile for store {store_id!r}, id {entity_id!r}")
+    click.echo(json.dumps(profile, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["customer-profiles", "product-profiles", "dead-letter"]))
+@click.option("-n", "--limit", default=5, show_default=True)
+@click.pass_context
+def tail(ctx: click.Context, which: str, limit: int) -> None:
+    """Print the last records of an output topic, decoded."""
+    from storeml.streams.demo import decode_topic
+
+    settings = _settings(ctx)
+    for record in _run(lambda: decode_topic(settings, which))[-limit:]:
+        click.echo(json.dumps(record, default=str, sort_keys=True))
+
+
+@main.command()
+@click.option("--stores", default=40, show_default=True)
+@click.option("--events", default=30_000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--keep-stack", is_flag=True, help="Leave the stack running at the end.")
+@click.pass_context
+def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bool) -> None:
+    """Everything on embedded defaults: stack, models, events, stream, then profiles and a lookup."""
+    from storeml.streams.demo import run_demo
+
+    _run(lambda: run_demo(_settings(ctx), stores=stores, events=events, seed=seed,
+                          keep_stack=keep_stack, echo=click.echo))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""The enrichment stream: Kafka -> decode -> fold profiles -> score per store -> Kafka + Redis.
+
+One micro-batch, as wired by :class:`EnrichBatch` (a ``foreachBatch`` function)::
+
+    raw Kafka rows ──mapInPandas(decode)──▶ facts ──groupBy(bucket).applyInPandas(enrich)──▶ metrics
+                         │                                   │
+                 dead letters (Kafka)        state (checkpoint), profiles (Kafka + Redis)
+
+* decode: Avro single-object messages are decoded and validated; bad ones go to the dead-letter
+  topic with the reason and the original bytes, the rest become fact rows tagged with their store's
+  state bucket;
+* enrich (one call per bucket): load the bucket's state as of the previous batch, fold the facts,
+  commit the new state version, score each store's touched profiles with one model call per store,
+  write the profiles to Kafka and Redis.
+
+The registry aliases are resolved on the driver at the start of every micro-batch, so a moved alias
+is served from the next batch on, without a restart. Replays after a crash recompute the same
+records (same offsets, same state version), which the sinks absorb (see ``connectors``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from storeml.settings import Settings
+
+__all__ = ["JobContext", "EnrichBatch", "start_enrichment", "METRICS_SCHEMA", "job_context"]
+
+log = logging.getLogger("storeml.stream")
+
+METRICS_SCHEMA = (
+    "bucket int, facts long, customers long, products long, kafka_records long,"
+    " redis_written long, redis_skipped long, state_s double, fold_s double, score_s double,"
+    " encode_s double, kafka_s double, redis_s double, models string"
+)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything an executor needs, as plain values (pickled into every task)."""
+
+    kafka: dict[str, Any]
+    orders_topic: str
+    products_topic: str
+    customer_topic: str
+    product_topic: str
+    dead_letter_topic: str
+    redis_url: str
+    redis_prefix: str
+    state_root: str
+    state_buckets: int
+    snapshot_every: int
+    retain: int
+    tracking_uri: str
+    registry_uri: str
+    customer_model: str
+    product_model: str
+    serving_alias: str
+    model_cache_size: int
+    transactional_prefix: str | None
+
+
+def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext:
+    root = checkpoint or str(settings.checkpoint_path)
+    return JobContext(
+        kafka=settings.kafka_config(),
+        orders_topic=settings.topic_orders,
+        products_topic=settings.topic_products,
+        customer_topic=settings.topic_customer_profiles,
+        product_topic=settings.topic_product_profiles,
+        dead_letter_topic=settings.topic_dead_letter,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        state_root=f"{root}/profile-state",
+        state_buckets=settings.state_buckets,
+        snapshot_every=settings.state_snapshot_every,
+        retain=settings.state_retain_batches,
+        tracking_uri=settings.tracking_uri,
+        registry_uri=settings.registry_uri,
+        customer_model=settings.customer_model,
+        product_model=settings.product_model,
+        serving_alias=settings.serving_alias,
+        model_cache_size=settings.model_cache_size,
+        transactional_prefix=(
+            f"storeml-enrich-{abs(hash(root)) % 10**8}" if settings.kafka_transactions else None
+        ),
+    )
+
+
+# --- per-process clients (executor side) ------------------------------------------------------
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _client(kind: type, *args: Any) -> Any:
+    key = (kind, *(json.dumps(a, sort_keys=True, default=str) for a in args))
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = kind(*args)
+    return client
+
+
+# --- decode ------------------------------------------------------------------------------------
+def decode_batches(
+    ctx: JobContext, counters: tuple[Any, Any, Any]
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """mapInPandas function: raw Kafka rows -> fact rows; bad messages -> dead-letter topic."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from storeml.connectors.dead_letter import DeadLetterSink
+        from storeml.errors import CodecError
+        from storeml.models.events import (
+            bucket_of,
+            order_facts,
+            product_facts,
+            validate_order,
+            validate_product,
+        )
+        from storeml.models.profiles import facts_frame
+        from storeml.schemas.codec import get_codec
+
+        events_seen, dead_letters, decode_seconds = counters
+        dlq: DeadLetterSink = _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic)
+        routes = {
+            ctx.orders_topic: (get_codec("order_event"), validate_order, order_facts),
+            ctx.products_topic: (get_codec("product_event"), validate_product, product_facts),
+        }
+        buckets: dict[str, int] = {}
+        seen = bad = 0
+        started = time.perf_counter()
+        for frame in batches:
+            rows: list[dict[str, Any]] = []
+            for topic, partition, offset, key, value in zip(
+                frame["topic"], frame["partition"], frame["offset"], frame["key"], frame["value"],
+                strict=True,
+            ):
+                seen += 1
+                route = routes.get(topic)
+                if route is None:
+                    dlq.send(topic, partition, offset, key, value, "decode", "UnknownTopic",
+                             f"no decoder for topic {topic!r}")
+                    bad += 1
+                    continue
+                codec, validate, to_facts = route
+                try:
+                    record = codec.decode(value)
+                except CodecError as exc:
+                    dlq.send(topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc))
+                    bad += 1
+                    continue
+                reason = validate(record)
+                if reason is not None:
+                    dlq.send(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
+                    bad += 1
+                    continue
+                store = record["store_id"]
+                bucket = buckets.get(store)
+                if bucket is None:
+                    bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
+                rows.extend(to_facts(record, topic, int(partition), int(offset), bucket))
+            yield facts_frame(rows)
+        dlq.flush()
+        events_seen.add(seen)
+        dead_letters.add(bad)
+        decode_seconds.add(time.perf_counter() - started)
+
+    return run
+
+
+# --- enrich ------------------------------------------------------------------------------------
+CUSTOMER_FIELDS = [
+    "store_id", "customer_id", "profile_version", "order_count", "total_spend_minor",
+    "avg_order_value_minor", "first_order_time", "last_order_time", "last_event_time",
+    "days_since_last_order", "top_categories", "product_views", "propensity", "model", "source",
+]
+PRODUCT_FIELDS = [
+    "store_id", "product_id", "profile_version", "views", "order_count", "units", "revenue_minor",
+    "title", "description", "price_minor", "category", "last_event_time", "predicted_categories",
+    "model", "source",
+]
+
+
+def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
+    model = record["model"]
+    ranges = [[r["topic"], r["partition"], r["first_offset"], r["last_offset"]] for r in record["source"]]
+    return [
+        ("storeml.profile_version", str(record["profile_version"]).encode()),
+        ("storeml.source", json.dumps(ranges, separators=(",", ":")).encode()),
+        ("storeml.schema", schema.encode()),
+        ("storeml.model", f"{model['name']}:{model['version'] or 'none'}".encode()),
+    ]
+
+
+def enrich_bucket(
+    ctx: JobContext, batch_id: int, handles: dict[str, Any]
+) -> Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame]:
+    """applyInPandas function: one state bucket's facts -> state, scores, sinks; returns metrics."""
+
+    def run(key: tuple[Any, ...], pdf: pd.DataFrame) -> pd.DataFrame:
+        from storeml.connectors.kafka_sink import KafkaRecordSink
+        from storeml.connectors.redis_sink import RedisProfileSink
+        from storeml.connectors.state_store import ProfileStateStore
+        from storeml.models.profiles import (
+            apply_delta,
+            customer_profiles,
+            facts_frame,
+            fold,
+            product_profiles,
+            to_records,
+        )
+        from storeml.models.scoring import score_customers, score_products
+        from storeml.models.store_models import get_model_cache
+        from storeml.schemas.codec import get_codec
+
+        bucket = int(key[0])
+        timings: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - mark
+            mark = now
+
+        store = ProfileStateStore(ctx.state_root, bucket, ctx.snapshot_every, ctx.retain)
+        state = store.load(batch_id - 1)
+        facts = facts_frame(pdf)
+        lap("state_s")
+        delta = fold(state, facts)
+        after = apply_delta(state, delta)
+        customers = customer_profiles(after, delta, facts)
+        products = product_profiles(after, delta, facts)
+        lap("fold_s")
+        store.commit(batch_id, delta, after)
+        lap("state_s")
+
+        cache = get_model_cache(ctx.model_cache_size)
+        bundles = {}
+        for kind, handle in handles.items():
+            bundles[kind] = (
+                cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri) if handle is not None else None
+            )
+        customers = score_customers(customers, bundles.get("customer"), handles.get("customer"))
+        products = score_products(products, bundles.get("product"), handles.get("product"))
+        lap("score_s")
+
+        customer_records = to_records(customers, CUSTOMER_FIELDS)
+        product_records = to_records(products, PRODUCT_FIELDS)
+        customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
+        encoded = [
+            (ctx.customer_topic, f"{r['store_id']}|{r['customer_id']}".encode(),
+             customer_codec.encode(r), _headers(r, f"customer_profile/v{customer_codec.version}"))
+            for r in customer_records
+        ] + [
+            (ctx.product_topic, f"{r['store_id']}|{r['product_id']}".encode(),
+             product_codec.encode(r), _headers(r, f"product_profile/v{product_codec.version}"))
+            for r in product_records
+        ]
+        lap("encode_s")
+
+        transactional_id = (
+            f"{ctx.transactional_prefix}-{bucket}" if ctx.transactional_prefix else None
+        )
+        producer: KafkaRecordSink = _client(KafkaRecordSink, ctx.kafka, transactional_id)
+        for topic, record_key, value, headers in encoded:
+            producer.produce(topic, record_key, value, headers)
+        producer.flush()
+        lap("kafka_s")
+        redis_sink: RedisProfileSink = _client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
+        cw, cs = redis_sink.write("customer", customer_records, "customer_id")
+        pw, ps = redis_sink.write("product", product_records, "product_id")
+        lap("redis_s")
+
+        versions = {
+            kind: (f"{h.name}:{h.version}" if h is not None else "none") for kind, h in handles.items()
+        }
+        return pd.DataFrame(
+            [{
+                "bucket": bucket,
+                "facts": len(facts),
+                "customers": len(customer_records),
+                "products": len(product_records),
+                "kafka_records": len(encoded),
+                "redis_written": cw + pw,
+                "redis_skipped": cs + ps,
+                **{name: timings.get(name, 0.0) for name in
+                   ("state_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s")},
+                "models": json.dumps(versions, sort_keys=True),
+            }]
+        )
+
+    return run
+
+
+# --- driver ------------------------------------------------------------------------------------
+@dataclass
+class BatchReport:
+    """What one micro-batch did (driver side)."""
+
+    batch_id: int
+    events: int
+    dead_letters: int
+    facts: int
+    customers: int
+    products: int
+    redis_written: int
+    redis_skipped: int
+    seconds: float
+    stages: dict[str, float]
+    models: dict[str, str]
+
+
+class EnrichBatch:
+    """The ``foreachBatch`` function of the enrichment stream."""
+
+    def __init__(self, ctx: JobContext, on_batch: Callable[[BatchReport], None] | None = None) -> None:
+        self.ctx = ctx
+        self.on_batch = on_batch
+        self.reports: list[BatchReport] = []
+
+    def resolve_models(self) -> dict[str, Any]:
+        """Current alias targets (driver side; a few ms)."""
+        from storeml.connectors.mlflow_registry import resolve_alias
+
+        ctx = self.ctx
+        return {
+            "customer": resolve_alias(ctx.tracking_uri, ctx.registry_uri, ctx.customer_model, ctx.serving_alias),
+            "product": resolve_alias(ctx.tracking_uri, ctx.registry_uri, ctx.product_model, ctx.serving_alias),
+        }
+
+    def __call__(self, raw: Any, batch_id: int) -> None:
+        from storeml.models.profiles import FACT_SPARK_SCHEMA
+
+        started = time.perf_counter()
+        spark_context = raw.sparkSession.sparkContext
+        counters = (
+            spark_context.accumulator(0),
+            spark_context.accumulator(0),
+            spark_context.accumulator(0.0),
+        )
+        handles = self.resolve_models()
+        resolve_s = time.perf_counter() - started
+        facts = raw.select("topic", "partition", "offset", "key", "value").mapInPandas(
+            decode_batches(self.ctx, counters), FACT_SPARK_SCHEMA
+        )
+        metrics = (
+            facts.groupBy("bucket")
+            .applyInPandas(enrich_bucket(self.ctx, batch_id, handles), METRICS_SCHEMA)
+            .collect()
+        )
+        stages = {"resolve_models_s": resolve_s, "decode_s": counters[2].value}
+        for name in ("state_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s"):
+            stages[name] = sum(getattr(row, name) for row in metrics)
+        report = BatchReport(
+            batch_id=batch_id,
+            events=counters[0].value,
+            dead_letters=counters[1].value,
+            facts=sum(row.facts for row in metrics),
+            customers=sum(row.customers for row in metrics),
+            products=sum(row.products for row in metrics),
+            redis_written=sum(row.redis_written for row in metrics),
+            redis_skipped=sum(row.redis_skipped for row in metrics),
+            seconds=time.perf_counter() - started,
+            stages=stages,
+            models={k: (f"{h.name}:{h.version}" if h else "none") for k, h in handles.items()},
+        )
+        self.reports.append(report)
+        log.info(
+            "batch %d: %d events (%d dead letters) -> %d customer, %d product profiles in %.2fs; models %s",
+            batch_id, report.events, report.dead_letters, report.customers, report.products,
+            report.seconds, report.models,
+        )
+        if self.on_batch is not None:
+            self.on_batch(report)
+
+
+def start_enrichment(
+    spark: Any,
+    settings: Settings,
+    *,
+    available_now: bool = False,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> tuple[Any, EnrichBatch]:
+    """Start the enrichment query; returns (StreamingQuery, the foreachBatch function)."""
+    from storeml.connectors.kafka_admin import watermark_method_for
+    from storeml.connectors.kafka_source import KafkaDataSource
+
+    checkpoint = settings.checkpoint_path
+    _check_checkpoint(checkpoint, settings)
+    ctx = job_context(settings, str(checkpoint))
+    spark.dataSource.register(KafkaDataSource)
+    reader = (
+        spark.readStream.format("storeml_kafka")
+        .option("bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", f"{settings.topic_orders},{settings.topic_products}")
+        .option("startingOffsets", settings.starting_offsets)
+        .option("maxRecordsPerTrigger", str(settings.max_records_per_batch))
+        .option("watermarkMethod", watermark_method_for(settings.kafka_flavor))
+    )
+    for name, value in settings.kafka_config().items():
+        if name != "bootstrap.servers":
+            reader = reader.option(f"kafka.{name}", str(value))
+    handler = EnrichBatch(ctx, on_batch)
+    writer = (
+        reader.load()
+        .writeStream.queryName("storeml_enrich")
+        .foreachBatch(handler)
+        .option("checkpointLocation", str(checkpoint))
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
+    return writer.start(), handler
+
+
+def _check_checkpoint(checkpoint: Any, settings: Settings) -> None:
+    """Refuse to reuse a checkpoint with a different state layout (it would scramble state)."""
+    from pathlib import Path
+
+    from storeml.errors import ConfigError
+
+    meta_path = Path(checkpoint) / "storeml.json"
+    meta = {"state_buckets": settings.state_buckets}
+    if meta_path.exists():
+        stored = json.loads(meta_path.read_text())
+        if stored.get("state_buckets") != settings.state_buckets:
+            raise ConfigError(
+                f"{meta_path}: checkpoint was written with state_buckets="
+                f"{stored.get('state_buckets')}, settings say {settings.state_buckets}; keep"
+                " STOREML_STATE_BUCKETS as it was or start from a new STOREML_CHECKPOINT_DIR"
+            )
+    else:
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(meta))
+
+
+def report_dict(report: BatchReport) -> dict[str, Any]:
+    return asdict(report)
