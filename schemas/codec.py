@@ -69,6 +69,7 @@ class SchemaVersion:
     fingerprint: bytes
     raw: dict[str, Any]
     parsed: Any
+    writer: Any  # parsed with fastavro's write hint, so encoding does not re-parse per call
 
 
 class AvroCodec:
@@ -100,11 +101,13 @@ class AvroCodec:
         for number, path in files:
             try:
                 raw = json.loads(path.read_text())
-                parsed = parse_schema(_strip_logical_types(raw), _write_hint=False)
+                plain = _strip_logical_types(raw)
+                parsed = parse_schema(plain, _write_hint=False)
+                writer = parse_schema(plain)
             except (ValueError, fastavro.schema.SchemaParseException) as exc:
                 raise CodecError(f"{path}: not a valid Avro schema: {exc}") from exc
             fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-            entry = SchemaVersion(number, path, fp, raw, parsed)
+            entry = SchemaVersion(number, path, fp, raw, parsed, writer)
             self.versions[number] = entry
             self._by_fingerprint[fp] = entry
         self.current = self.versions[max(self.versions)]
@@ -135,7 +138,7 @@ class AvroCodec:
         buffer = io.BytesIO()
         buffer.write(MAGIC + entry.fingerprint)
         try:
-            fastavro.schemaless_writer(buffer, entry.parsed, record, strict_allow_default=True)
+            fastavro.schemaless_writer(buffer, entry.writer, record, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise CodecError(f"cannot encode {self.name} v{entry.version}: {exc}") from exc
         return buffer.getvalue()
