@@ -1,0 +1,1 @@
+"""Wiring of the streaming jobs: read, enrich, write (Spark Structured Streaming, Faust)."""

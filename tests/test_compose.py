@@ -1,0 +1,86 @@
+"""docker-compose.yml follows the Compose specification and wires the services storeml needs.
+
+There is no Docker engine here, so the file is validated against the Compose JSON schema with
+``check-jsonschema`` (a dev dependency) instead of ``docker compose config``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_file_validates() -> None:
+    result = _validate(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validator_catches_a_misspelt_key(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("healthcheck:", "healthchek:", 1))
+    result = _validate(broken)
+    assert result.returncode != 0
+    assert "healthchek" in result.stdout + result.stderr
+
+
+def test_services_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"kafka", "redis", "postgres", "mlflow", "stream"} <= set(services)
+    for name in ("kafka", "redis", "postgres", "mlflow"):
+        assert "healthcheck" in services[name], name
+    waits_for = services["stream"]["depends_on"]
+    for name in ("kafka", "redis", "mlflow"):
+        assert waits_for[name]["condition"] == "service_healthy"
+
+
+def test_stream_points_at_the_compose_services(compose: dict[str, Any]) -> None:
+    env = compose["services"]["stream"]["environment"]
+    assert env["STOREML_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["STOREML_KAFKA_FLAVOR"] == "apache"
+    assert env["STOREML_REDIS_URL"].startswith("redis://redis:")
+    assert env["STOREML_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    from storeml.settings import Settings
+
+    for key in env:  # every variable is a real setting (a typo would fail at start-up)
+        assert key.removeprefix("STOREML_").lower() in Settings.model_fields, key
+    mounts = [volume.split(":")[1] for volume in compose["services"]["stream"]["volumes"]]
+    assert env["STOREML_CHECKPOINT_DIR"].startswith(tuple(mounts))
+
+
+def test_dockerfile_builds_the_stream_job() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "openjdk-17-jre-headless" in dockerfile
+    assert "requirements.lock" in dockerfile
+    assert 'CMD ["stream", "run"]' in dockerfile
