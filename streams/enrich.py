@@ -246,8 +246,12 @@ def enrich_bucket(
             bundles[kind] = (
                 cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri) if handle is not None else None
             )
-        customers = score_customers(customers, bundles.get("customer"), handles.get("customer"))
-        products = score_products(products, bundles.get("product"), handles.get("product"))
+        customers = score_customers(
+            customers, bundles.get("customer"), handles.get("customer"), model_name=ctx.customer_model
+        )
+        products = score_products(
+            products, bundles.get("product"), handles.get("product"), model_name=ctx.product_model
+        )
         lap("score_s")
 
         customer_records = to_records(customers, CUSTOMER_FIELDS)
