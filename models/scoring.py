@@ -1,4 +1,4 @@
-"""Features and scoring of profiles with a per-store bundle: pure pandas, DataFrame in, DataFrame out.
+"""Features, and scoring of profiles with a per-store bundle: pure pandas, DataFrame in and out.
 
 The feature code here is the only feature code: training (:mod:`storeml.models.training`) and the
 stream call the same functions, so a model never sees features computed another way.
@@ -197,7 +197,10 @@ def score_customers(
             propensity[rows] = proba[:, classes.index(1)]
 
         _score_groups(bundle, _groups(out["store_id"], np.arange(n)), scopes, predict)
-    out["propensity"] = [None if np.isnan(p) else float(p) for p in propensity]
+    # object dtype keeps None (Avro null) for unscored rows; a float column would turn it to NaN
+    out["propensity"] = pd.Series(
+        [None if np.isnan(p) else float(p) for p in propensity], index=out.index, dtype=object
+    )
     version = handle.version if handle is not None else None
     out["model"] = _refs(_model_name(bundle, handle, model_name), version, scopes)
     return out

@@ -39,6 +39,7 @@ from urllib.parse import quote, urlparse
 from urllib.request import url2pathname
 
 import joblib
+import pandas as pd  # module level: MLflow resolves predict's type hints in this namespace
 
 from storeml.errors import ModelError
 
@@ -63,6 +64,7 @@ BUNDLE_FORMAT = 1
 INDEX_FILE = "index.json"
 GLOBAL_FILE = "global.joblib"
 STORES_DIR = "stores"
+STORES_DIR_KEY = "stores"  # the pyfunc artifacts key (mlflow_registry.BUNDLE_STORES_KEY)
 
 #: Which model scored a row: the store's own, the global fallback, or none (unscored).
 Scope = Literal["store", "global", "none"]
@@ -120,7 +122,9 @@ def write_bundle(
         global_entry = {
             "file": GLOBAL_FILE,
             "classes": _jsonable(getattr(global_model, "classes_", [])),
-            "examples": int(global_examples if global_examples is not None else sum(counts.values())),
+            "examples": int(
+                global_examples if global_examples is not None else sum(counts.values())
+            ),
         }
     index = {
         "format": BUNDLE_FORMAT,
@@ -224,7 +228,7 @@ class StoreModelBundle:
             )
         self._stores: dict[str, dict[str, Any]] = self.index.get("stores", {})
         self._key = _key or uuid.uuid4().hex
-        self._lru = _lru or _StoreLRU(cache_size, CacheStats())
+        self._lru = _lru if _lru is not None else _StoreLRU(cache_size, CacheStats())
         self._global: Any | None = None
         self._global_loaded = False
 
@@ -260,7 +264,8 @@ class StoreModelBundle:
         return store_id in self._stores
 
     def __repr__(self) -> str:
-        return f"StoreModelBundle({str(self.folder)!r}, kind={self.kind!r}, stores={len(self._stores)})"
+        folder, stores = str(self.folder), len(self._stores)
+        return f"StoreModelBundle({folder!r}, kind={self.kind!r}, stores={stores})"
 
     # --- loading ---------------------------------------------------------------------------
     def _load(self, relative: str) -> Any:
@@ -341,8 +346,8 @@ class ModelCache:
     def __init__(
         self, cache_size: int = 2048, *, max_versions: int = 4, cache_dir: str | Path | None = None
     ) -> None:
-        self.stats_ = CacheStats()
-        self._lru = _StoreLRU(cache_size, self.stats_)
+        self.counters = CacheStats()
+        self._lru = _StoreLRU(cache_size, self.counters)
         self.max_versions = max_versions
         self.cache_dir = Path(cache_dir) if cache_dir else (
             Path(tempfile.gettempdir()) / f"storeml-models-{_user()}"
@@ -372,9 +377,9 @@ class ModelCache:
             bundle = self._bundles.get(key)
             if bundle is not None:
                 self._bundles.move_to_end(key)
-                self.stats_.bundle_hits += 1
+                self.counters.bundle_hits += 1
                 return bundle
-            self.stats_.bundle_misses += 1
+            self.counters.bundle_misses += 1
             folder = self._folder(handle, tracking_uri, registry_uri)
             bundle = StoreModelBundle(folder, _lru=self._lru)
             self._bundles[key] = bundle
@@ -405,32 +410,39 @@ class ModelCache:
         try:
             import mlflow
 
+            # models:/ URIs take no sub-path: fetch the whole (small) pyfunc model then.
+            whole = urlparse(handle.source).scheme == "models"
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=handle.stores_uri,
+                artifact_uri=handle.source if whole else handle.stores_uri,
                 dst_path=str(staging),
                 tracking_uri=tracking_uri,
                 registry_uri=registry_uri,
             )
+            if whole:
+                path = str(Path(path) / "artifacts" / STORES_DIR_KEY)
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise ModelError(
                 f"cannot download model {handle.name} version {handle.version} from"
-                f" {handle.stores_uri}: {exc}"
+                f" {handle.source}: {exc}; check the artifact store and its credentials"
             ) from exc
-        self.stats_.downloads += 1
-        self.stats_.download_seconds += time.perf_counter() - started
+        self.counters.downloads += 1
+        self.counters.download_seconds += time.perf_counter() - started
         try:
             os.rename(path, target)
-        except OSError:  # another process of this host won the race: use its copy
+        except OSError as exc:  # another process of this host may have won the race
             if not (target / INDEX_FILE).exists():
-                raise
+                raise ModelError(
+                    f"cannot move the download of {handle.name} version {handle.version} to"
+                    f" {target}: {exc}; check that the folder is writable"
+                ) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def stats(self) -> dict[str, float]:
         """Counters (see :class:`CacheStats`) plus ``store_models`` and ``versions`` in memory."""
-        out = self.stats_.as_dict()
+        out = self.counters.as_dict()
         out["store_models"] = len(self._lru)
         out["versions"] = len(self._bundles)
         return out
@@ -478,9 +490,8 @@ _pyfunc_class: type | None = None
 
 def _build_pyfunc_class() -> type:
     import mlflow.pyfunc
-    import pandas as pd
 
-    class StoreBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    class StoreBundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         """``mlflow.pyfunc`` face of a bundle: ``predict(frame with store_id) -> frame``.
 
         Input: profile rows as produced by ``models.profiles`` (customers: the profile columns,
@@ -492,7 +503,9 @@ def _build_pyfunc_class() -> type:
         def load_context(self, context: Any) -> None:
             self.bundle = StoreModelBundle(context.artifacts["stores"])
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        def predict(
+            self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        ) -> pd.DataFrame:
             from storeml.models.scoring import score_customers, score_products
 
             frame = pd.DataFrame(model_input).reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Jobs over history: training and registering the per-store models, recomputing profiles."""
