@@ -17,7 +17,8 @@ def synthetic_facts(stores: int, events: int, seed: int) -> tuple[pd.DataFrame, 
     from storeml.models.events import ORDER, PRODUCT, facts_from_events
 
     good = [
-        e for e in generate(GeneratorConfig(stores=stores, events=events, seed=seed))
+        e
+        for e in generate(GeneratorConfig(stores=stores, events=events, seed=seed))
         if e.malformed is None and e.record is not None
     ]
     facts = facts_from_events(

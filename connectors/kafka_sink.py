@@ -74,7 +74,11 @@ class KafkaRecordSink(Sink):
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=list(headers), on_delivery=self._on_delivery
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=list(headers),
+                    on_delivery=self._on_delivery,
                 )
                 break
             except BufferError:
@@ -89,7 +93,9 @@ class KafkaRecordSink(Sink):
                 self._producer.commit_transaction(timeout)
             except Exception as exc:
                 self._producer.abort_transaction(timeout)
-                raise ConnectorError(f"Kafka transaction {self.transactional_id!r} failed: {exc}") from exc
+                raise ConnectorError(
+                    f"Kafka transaction {self.transactional_id!r} failed: {exc}"
+                ) from exc
             finally:
                 self._in_transaction = False
         remaining = self._producer.flush(timeout)

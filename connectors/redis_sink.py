@@ -86,9 +86,13 @@ class RedisProfileSink(Sink):
             self._script = self._client.register_script(_GUARDED_REPLACE)
             self._client.ping()
         except redis.RedisError as exc:
-            raise ConnectorError(f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL") from exc
+            raise ConnectorError(
+                f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL"
+            ) from exc
 
-    def write(self, kind: str, records: Iterable[Mapping[str, Any]], id_field: str) -> tuple[int, int]:
+    def write(
+        self, kind: str, records: Iterable[Mapping[str, Any]], id_field: str
+    ) -> tuple[int, int]:
         """Write profile records; returns (written, skipped because a newer one was stored)."""
         import redis
 
@@ -97,7 +101,9 @@ class RedisProfileSink(Sink):
         count = 0
         for record in records:
             key = profile_key(self.prefix, kind, record["store_id"], record[id_field])
-            self._script(keys=[key], args=[record["profile_version"], *encode_fields(record)], client=pipe)
+            self._script(
+                keys=[key], args=[record["profile_version"], *encode_fields(record)], client=pipe
+            )
             count += 1
         if not count:
             return 0, 0
@@ -136,7 +142,9 @@ class FeatureStore:
 
     def scan(self, kind: str, store_id: str | None = None, count: int = 1000) -> list[str]:
         """Keys of profiles of ``kind`` (optionally one store), for tools and tests."""
-        pattern = f"{self.prefix}:{{{store_id}}}:{kind}:*" if store_id else f"{self.prefix}:*:{kind}:*"
+        pattern = (
+            f"{self.prefix}:{{{store_id}}}:{kind}:*" if store_id else f"{self.prefix}:*:{kind}:*"
+        )
         return [k.decode() for k in self._client.scan_iter(match=pattern, count=count)]
 
     def close(self) -> None:

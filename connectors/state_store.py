@@ -121,7 +121,8 @@ class ProfileStateStore:
         started = time.perf_counter()
         files = self._files()
         snapshots = [
-            v for v, kinds in files.items()
+            v
+            for v, kinds in files.items()
             if v <= version and len(kinds.get("snapshot", {})) == len(_TABLES)
         ]
         # Catch up from the cached version only when no snapshot lies in between: older deltas may
@@ -164,7 +165,8 @@ class ProfileStateStore:
         files = self._files()
         floor = version - self.retain
         snapshots = [
-            v for v, kinds in files.items()
+            v
+            for v, kinds in files.items()
             if v <= floor and len(kinds.get("snapshot", {})) == len(_TABLES)
         ]
         if not snapshots:

@@ -120,8 +120,10 @@ def facts_frame(rows: list[dict[str, object]] | pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for column, dtype in FACT_COLUMNS.items():
-        values = frame[column].reset_index(drop=True) if column in frame else pd.Series(
-            [None] * len(frame), dtype=object
+        values = (
+            frame[column].reset_index(drop=True)
+            if column in frame
+            else pd.Series([None] * len(frame), dtype=object)
         )
         if dtype == "object":
             out[column] = values.astype(object).where(values.notna(), None)
@@ -250,9 +252,9 @@ def _fold_customers(state: ProfileState, facts: pd.DataFrame) -> tuple[pd.DataFr
     prev = state.customers.reindex(touched)
     new = pd.DataFrame(index=touched)
     new["order_count"] = _sum(prev["order_count"], batch["order_count"])
-    new["profile_version"] = (
-        _sum(prev["profile_version"], batch["order_count"]) + batch["views"].fillna(0).astype("int64")
-    )
+    new["profile_version"] = _sum(prev["profile_version"], batch["order_count"]) + batch[
+        "views"
+    ].fillna(0).astype("int64")
     new["total_spend_minor"] = _sum(prev["total_spend_minor"], batch["spend"])
     new["first_order_time"] = _extreme(prev["first_order_time"], batch["first"], "min")
     new["last_order_time"] = _extreme(prev["last_order_time"], batch["last"], "max")
@@ -296,9 +298,9 @@ def _fold_products(state: ProfileState, facts: pd.DataFrame) -> pd.DataFrame:
     batch = ordered.reindex(touched).join(per_event.reindex(touched))
     prev = state.products.reindex(touched)
     new = pd.DataFrame(index=touched)
-    new["profile_version"] = (
-        _sum(prev["profile_version"], batch["order_count"]) + batch["events"].fillna(0).astype("int64")
-    )
+    new["profile_version"] = _sum(prev["profile_version"], batch["order_count"]) + batch[
+        "events"
+    ].fillna(0).astype("int64")
     new["views"] = _sum(prev["views"], batch["views"])
     new["order_count"] = _sum(prev["order_count"], batch["order_count"])
     new["units"] = _sum(prev["units"], batch["units"])
@@ -308,13 +310,23 @@ def _fold_products(state: ProfileState, facts: pd.DataFrame) -> pd.DataFrame:
 
     # Attributes: the greatest (event_time, topic, partition, offset) among created/updated events wins.
     attrs = prev[
-        ["attr_time", "attr_topic", "attr_partition", "attr_offset", "title", "description",
-         "price_minor", "category"]
+        [
+            "attr_time",
+            "attr_topic",
+            "attr_partition",
+            "attr_offset",
+            "title",
+            "description",
+            "price_minor",
+            "category",
+        ]
     ].copy()
     updates = events[events["event_kind"].isin(["created", "updated"])]
     if len(updates):
         order = ["event_time", "topic", "partition", "offset"]
-        latest = updates.sort_values([*PRODUCT_KEY, *order]).groupby(PRODUCT_KEY, sort=False).tail(1)
+        latest = (
+            updates.sort_values([*PRODUCT_KEY, *order]).groupby(PRODUCT_KEY, sort=False).tail(1)
+        )
         latest = latest.set_index(PRODUCT_KEY)
         candidate = pd.DataFrame(
             {
@@ -392,9 +404,7 @@ def _source_ranges(facts: pd.DataFrame, key: list[str]) -> pd.Series:
     return ranges.groupby(key, sort=False)["range"].agg(list)
 
 
-def customer_profiles(
-    state: ProfileState, delta: StateDelta, facts: pd.DataFrame
-) -> pd.DataFrame:
+def customer_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame) -> pd.DataFrame:
     """Profiles of the customers in ``delta`` (``state`` is the state *after* the delta).
 
     Columns: the CustomerProfile fields except the model outputs (``propensity``, ``model``),
@@ -416,7 +426,8 @@ def customer_profiles(
     tops: dict[tuple[str, str], list[dict[str, object]]] = {}
     if len(touched_cats):
         touched_cats = touched_cats.sort_values(
-            ["store_id", "customer_id", "spend_minor", "category"], ascending=[True, True, False, True]
+            ["store_id", "customer_id", "spend_minor", "category"],
+            ascending=[True, True, False, True],
         )
         touched_cats = touched_cats.groupby(CUSTOMER_KEY, sort=False).head(TOP_CATEGORIES)
         totals = rows["total_spend_minor"]
@@ -432,9 +443,13 @@ def customer_profiles(
             tops.setdefault((store, customer), []).append(
                 {"category": category, "spend_minor": int(spend_minor), "share": share}
             )
-    out["top_categories"] = [tops.get(key, []) for key in zip(out["store_id"], out["customer_id"], strict=True)]
-    customer_facts = facts[facts["customer_id"].notna() & (
-        (facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))]
+    out["top_categories"] = [
+        tops.get(key, []) for key in zip(out["store_id"], out["customer_id"], strict=True)
+    ]
+    customer_facts = facts[
+        facts["customer_id"].notna()
+        & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
+    ]
     sources = _source_ranges(customer_facts, CUSTOMER_KEY)
     out["source"] = [
         sources.get(key, []) for key in zip(out["store_id"], out["customer_id"], strict=True)
@@ -445,7 +460,9 @@ def customer_profiles(
 def product_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame) -> pd.DataFrame:
     """Profiles of the products in ``delta``: ProductProfile fields except the model outputs."""
     rows = delta.products.sort_index()
-    out = rows.reset_index().drop(columns=["attr_time", "attr_topic", "attr_partition", "attr_offset"])
+    out = rows.reset_index().drop(
+        columns=["attr_time", "attr_topic", "attr_partition", "attr_offset"]
+    )
     sources = _source_ranges(facts[facts["product_id"].notna()], PRODUCT_KEY)
     out["source"] = [
         sources.get(key, []) for key in zip(out["store_id"], out["product_id"], strict=True)

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,18 @@ _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
 def _strip_logical_types(node: Any) -> Any:
     """Copy of a schema without ``logicalType``: timestamps stay ints (the fingerprint ignores it)."""
     if isinstance(node, dict):
-        if "logicalType" in node and node.get("type") in ("int", "long", "bytes", "string", "fixed"):
-            return node["type"] if node["type"] != "fixed" else {
-                k: v for k, v in node.items() if k != "logicalType"
-            }
+        if "logicalType" in node and node.get("type") in (
+            "int",
+            "long",
+            "bytes",
+            "string",
+            "fixed",
+        ):
+            return (
+                node["type"]
+                if node["type"] != "fixed"
+                else {k: v for k, v in node.items() if k != "logicalType"}
+            )
         return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
     if isinstance(node, list):
         return [_strip_logical_types(item) for item in node]
@@ -134,7 +142,9 @@ class AvroCodec:
         """Frame and encode ``record`` with the current schema (or an older ``version``)."""
         entry = self.current if version is None else self.versions.get(version)
         if entry is None:
-            raise CodecError(f"{self.name} has no schema version {version}; known: {sorted(self.versions)}")
+            raise CodecError(
+                f"{self.name} has no schema version {version}; known: {sorted(self.versions)}"
+            )
         buffer = io.BytesIO()
         buffer.write(MAGIC + entry.fingerprint)
         try:
@@ -161,9 +171,15 @@ class AvroCodec:
             )
         reader = None if writer is self.current else self.current.parsed
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(view[HEADER_SIZE:]), writer.parsed, reader)
-        except Exception as exc:  # fastavro raises many types (EOFError, ValueError, IndexError, ...)
-            raise CodecError(f"{self.name}: corrupt body for schema v{writer.version}: {exc!r}") from exc
+            record = fastavro.schemaless_reader(
+                io.BytesIO(view[HEADER_SIZE:]), writer.parsed, reader
+            )
+        except (
+            Exception
+        ) as exc:  # fastavro raises many types (EOFError, ValueError, IndexError, ...)
+            raise CodecError(
+                f"{self.name}: corrupt body for schema v{writer.version}: {exc!r}"
+            ) from exc
         if not isinstance(record, dict):
             raise CodecError(f"{self.name}: decoded a {type(record).__name__}, expected a record")
         return record
@@ -174,7 +190,7 @@ def schema_names(schema_dir: Path = SCHEMA_DIR) -> list[str]:
     return sorted(p.name for p in schema_dir.iterdir() if p.is_dir() and any(p.glob("v*.avsc")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_codec(name: str) -> AvroCodec:
     """The process-wide codec for ``name`` (schemas parsed once per process)."""
     return AvroCodec(name)

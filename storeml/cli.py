@@ -26,20 +26,49 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--config", type=click.Path(dir_okay=False), envvar="STOREML_CONFIG", show_envvar=True,
-              help="TOML settings file.")
-@click.option("--kafka-bootstrap", envvar="STOREML_KAFKA_BOOTSTRAP", show_envvar=True,
-              help="Kafka bootstrap servers [default: the embedded broker, 127.0.0.1:19092].")
-@click.option("--redis-url", envvar="STOREML_REDIS_URL", show_envvar=True,
-              help="Feature store Redis [default: redis://127.0.0.1:6379/0].")
-@click.option("--mlflow-tracking-uri", envvar="STOREML_MLFLOW_TRACKING_URI", show_envvar=True,
-              help="MLflow tracking URI [default: SQLite under <home>/mlflow].")
-@click.option("--home", envvar="STOREML_HOME", show_envvar=True, type=click.Path(file_okay=False),
-              help="Local state folder [default: .storeml].")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="STOREML_CONFIG",
+    show_envvar=True,
+    help="TOML settings file.",
+)
+@click.option(
+    "--kafka-bootstrap",
+    envvar="STOREML_KAFKA_BOOTSTRAP",
+    show_envvar=True,
+    help="Kafka bootstrap servers [default: the embedded broker, 127.0.0.1:19092].",
+)
+@click.option(
+    "--redis-url",
+    envvar="STOREML_REDIS_URL",
+    show_envvar=True,
+    help="Feature store Redis [default: redis://127.0.0.1:6379/0].",
+)
+@click.option(
+    "--mlflow-tracking-uri",
+    envvar="STOREML_MLFLOW_TRACKING_URI",
+    show_envvar=True,
+    help="MLflow tracking URI [default: SQLite under <home>/mlflow].",
+)
+@click.option(
+    "--home",
+    envvar="STOREML_HOME",
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="Local state folder [default: .storeml].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every micro-batch.")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, kafka_bootstrap: str | None, redis_url: str | None,
-         mlflow_tracking_uri: str | None, home: str | None, verbose: bool) -> None:
+def main(
+    ctx: click.Context,
+    config: str | None,
+    kafka_bootstrap: str | None,
+    redis_url: str | None,
+    mlflow_tracking_uri: str | None,
+    home: str | None,
+    verbose: bool,
+) -> None:
     """storeml: per-store ML models on live commerce events (Kafka -> Spark -> Kafka + Redis)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -47,10 +76,14 @@ def main(ctx: click.Context, config: str | None, kafka_bootstrap: str | None, re
     )
     logging.getLogger("storeml").setLevel(logging.INFO)
     overrides = {
-        k: v for k, v in {
-            "kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url,
-            "mlflow_tracking_uri": mlflow_tracking_uri, "home": home,
-        }.items() if v is not None
+        k: v
+        for k, v in {
+            "kafka_bootstrap": kafka_bootstrap,
+            "redis_url": redis_url,
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "home": home,
+        }.items()
+        if v is not None
     }
     try:
         ctx.obj = {"settings": load_settings(config, **overrides)}
@@ -115,8 +148,13 @@ def _create_topics(settings: Settings) -> None:
 
     ensure_topics(
         settings.kafka_config(),
-        [settings.topic_orders, settings.topic_products, settings.topic_customer_profiles,
-         settings.topic_product_profiles, settings.topic_dead_letter],
+        [
+            settings.topic_orders,
+            settings.topic_products,
+            settings.topic_customer_profiles,
+            settings.topic_product_profiles,
+            settings.topic_dead_letter,
+        ],
         settings.topic_partitions,
     )
 
@@ -132,13 +170,23 @@ def _run(action: Any) -> Any:
 @main.command()
 @click.option("--stores", default=50, show_default=True, help="Stores in the synthetic shop.")
 @click.option("--events", default=20_000, show_default=True, help="Events to produce.")
-@click.option("--seed", default=7, show_default=True, help="Generator seed (same seed, same events).")
-@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
-@click.option("--malformed", type=float, default=0.0, show_default=True,
-              help="Fraction of deliberately malformed messages (dead-letter demo).")
+@click.option(
+    "--seed", default=7, show_default=True, help="Generator seed (same seed, same events)."
+)
+@click.option(
+    "--rate", type=float, default=None, help="Events per second (default: as fast as possible)."
+)
+@click.option(
+    "--malformed",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Fraction of deliberately malformed messages (dead-letter demo).",
+)
 @click.pass_context
-def produce(ctx: click.Context, stores: int, events: int, seed: int, rate: float | None,
-            malformed: float) -> None:
+def produce(
+    ctx: click.Context, stores: int, events: int, seed: int, rate: float | None, malformed: float
+) -> None:
     """Produce synthetic order and product events."""
     from storeml.connectors.event_producer import produce_events
     from storeml.connectors.synthetic import GeneratorConfig, generate
@@ -146,10 +194,15 @@ def produce(ctx: click.Context, stores: int, events: int, seed: int, rate: float
     settings = _settings(ctx)
     _run(lambda: _create_topics(settings))
     config = GeneratorConfig(stores=stores, events=events, seed=seed, malformed_fraction=malformed)
-    stats = _run(lambda: produce_events(
-        settings.kafka_config(), generate(config), settings.topic_orders, settings.topic_products,
-        rate=rate,
-    ))
+    stats = _run(
+        lambda: produce_events(
+            settings.kafka_config(),
+            generate(config),
+            settings.topic_orders,
+            settings.topic_products,
+            rate=rate,
+        )
+    )
     click.echo(f"produced {stats}")
 
 
@@ -163,23 +216,51 @@ def produce(ctx: click.Context, stores: int, events: int, seed: int, rate: float
 @click.option("--category", default=None, help="Column holding the category.")
 @click.option("--quantity", default=None, help="Column holding the quantity.")
 @click.option("--order-id", default=None, help="Column grouping rows into one order.")
-@click.option("--default-store", default="csv", show_default=True, help="Store id when no store column.")
+@click.option(
+    "--default-store", default="csv", show_default=True, help="Store id when no store column."
+)
 @click.option("--currency", default="USD", show_default=True)
 @click.pass_context
-def replay_csv_cmd(ctx: click.Context, path: str, customer: str, timestamp: str, amount: str,
-                   store: str | None, product: str | None, category: str | None,
-                   quantity: str | None, order_id: str | None, default_store: str,
-                   currency: str) -> None:
+def replay_csv_cmd(
+    ctx: click.Context,
+    path: str,
+    customer: str,
+    timestamp: str,
+    amount: str,
+    store: str | None,
+    product: str | None,
+    category: str | None,
+    quantity: str | None,
+    order_id: str | None,
+    default_store: str,
+    currency: str,
+) -> None:
     """Replay a CSV transaction log into the order topic (bad rows go to the dead-letter topic)."""
     from storeml.connectors.csv_replay import CsvMapping, replay_csv
 
     settings = _settings(ctx)
     _run(lambda: _create_topics(settings))
-    mapping = CsvMapping(customer=customer, timestamp=timestamp, amount=amount, store=store,
-                         product=product, category=category, quantity=quantity,
-                         order_id=order_id, default_store=default_store, currency=currency)
-    stats = _run(lambda: replay_csv(settings.kafka_config(), Path(path), mapping,
-                                    settings.topic_orders, settings.topic_dead_letter))
+    mapping = CsvMapping(
+        customer=customer,
+        timestamp=timestamp,
+        amount=amount,
+        store=store,
+        product=product,
+        category=category,
+        quantity=quantity,
+        order_id=order_id,
+        default_store=default_store,
+        currency=currency,
+    )
+    stats = _run(
+        lambda: replay_csv(
+            settings.kafka_config(),
+            Path(path),
+            mapping,
+            settings.topic_orders,
+            settings.topic_dead_letter,
+        )
+    )
     click.echo(f"replayed {stats}")
 
 
@@ -207,13 +288,25 @@ def stream() -> None:
 
 @stream.command("run")
 @click.option("--available-now", is_flag=True, help="Process what is in the topics, then stop.")
-@click.option("--max-records", type=int, default=None, envvar="STOREML_MAX_RECORDS_PER_BATCH",
-              show_envvar=True, help="Cap on records per micro-batch [default: 50000].")
-@click.option("--checkpoint", type=click.Path(file_okay=False), envvar="STOREML_CHECKPOINT_DIR",
-              show_envvar=True, help="Checkpoint folder [default: <home>/checkpoints/enrich].")
+@click.option(
+    "--max-records",
+    type=int,
+    default=None,
+    envvar="STOREML_MAX_RECORDS_PER_BATCH",
+    show_envvar=True,
+    help="Cap on records per micro-batch [default: 50000].",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False),
+    envvar="STOREML_CHECKPOINT_DIR",
+    show_envvar=True,
+    help="Checkpoint folder [default: <home>/checkpoints/enrich].",
+)
 @click.pass_context
-def stream_run(ctx: click.Context, available_now: bool, max_records: int | None,
-               checkpoint: str | None) -> None:
+def stream_run(
+    ctx: click.Context, available_now: bool, max_records: int | None, checkpoint: str | None
+) -> None:
     """Run the enrichment stream (until stopped, or until caught up with --available-now)."""
     from storeml.streams.enrich import start_enrichment
     from storeml.streams.spark_session import get_spark
@@ -234,8 +327,9 @@ def stream_run(ctx: click.Context, available_now: bool, max_records: int | None,
         )
 
     spark = get_spark(settings, "storeml-stream")
-    query, _ = _run(lambda: start_enrichment(spark, settings, available_now=available_now,
-                                             on_batch=report))
+    query, _ = _run(
+        lambda: start_enrichment(spark, settings, available_now=available_now, on_batch=report)
+    )
     signal.signal(signal.SIGTERM, lambda *_: query.stop())
     try:
         query.awaitTermination()
@@ -266,7 +360,9 @@ def lookup(ctx: click.Context, kind: str, store_id: str, entity_id: str) -> None
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["customer-profiles", "product-profiles", "dead-letter"]))
+@click.argument(
+    "which", type=click.Choice(["customer-profiles", "product-profiles", "dead-letter"])
+)
 @click.option("-n", "--limit", default=5, show_default=True)
 @click.pass_context
 def tail(ctx: click.Context, which: str, limit: int) -> None:
@@ -288,8 +384,16 @@ def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bo
     """Everything on embedded defaults: stack, models, events, stream, then profiles and a lookup."""
     from storeml.streams.demo import run_demo
 
-    _run(lambda: run_demo(_settings(ctx), stores=stores, events=events, seed=seed,
-                          keep_stack=keep_stack, echo=click.echo))
+    _run(
+        lambda: run_demo(
+            _settings(ctx),
+            stores=stores,
+            events=events,
+            seed=seed,
+            keep_stack=keep_stack,
+            echo=click.echo,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     topic_customer_profiles: str = "storeml.customer-profiles"
     topic_product_profiles: str = "storeml.product-profiles"
     topic_dead_letter: str = "storeml.dead-letter"
-    topic_partitions: int = Field(default=4, ge=1, description="Partitions of topics storeml creates.")
+    topic_partitions: int = Field(
+        default=4, ge=1, description="Partitions of topics storeml creates."
+    )
     kafka_transactions: bool = Field(
         default=False,
         description=(
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
     )
 
     # --- Redis -------------------------------------------------------------------------------
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Feature store Redis URL.")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Feature store Redis URL."
+    )
     redis_prefix: str = Field(default="storeml", description="Prefix of every feature-store key.")
 
     # --- MLflow ------------------------------------------------------------------------------
@@ -102,18 +106,23 @@ class Settings(BaseSettings):
     )
     serving_alias: str = Field(default="champion", description="Registry alias the stream serves.")
     model_cache_size: int = Field(
-        default=2048, ge=1, description="Store models kept per process (least recently used evicted)."
+        default=2048,
+        ge=1,
+        description="Store models kept per process (least recently used evicted).",
     )
 
     # --- Spark / the stream ------------------------------------------------------------------
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
     checkpoint_dir: Path | None = Field(
-        default=None, description="Spark checkpoint of the enrichment stream; default <home>/checkpoints/enrich."
+        default=None,
+        description="Spark checkpoint of the enrichment stream; default <home>/checkpoints/enrich.",
     )
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     max_records_per_batch: int = Field(default=50_000, ge=1)
-    trigger_seconds: float = Field(default=0.0, ge=0, description="Micro-batch interval; 0 = back to back.")
+    trigger_seconds: float = Field(
+        default=0.0, ge=0, description="Micro-batch interval; 0 = back to back."
+    )
     state_buckets: int = Field(
         default=8,
         ge=1,
@@ -179,9 +188,13 @@ def _describe(error: ValidationError, origin: str, file_keys: set[str]) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        source = origin if key.split(".")[0] in file_keys else f"environment ({ENV_PREFIX}{key.upper()})"
+        source = (
+            origin if key.split(".")[0] in file_keys else f"environment ({ENV_PREFIX}{key.upper()})"
+        )
         if item["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown setting {key!r}; see `storeml settings` for valid keys")
+            lines.append(
+                f"{source}: unknown setting {key!r}; see `storeml settings` for valid keys"
+            )
         else:
             lines.append(f"{source}: {key}: {item['msg']} (got {item.get('input')!r})")
     return "invalid storeml settings:\n  " + "\n  ".join(lines)
@@ -200,7 +213,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         for name in os.environ
         if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV
     }
-    unknown = sorted(k for k in env_keys if k not in Settings.model_fields and not k.startswith("test_"))
+    unknown = sorted(
+        k for k in env_keys if k not in Settings.model_fields and not k.startswith("test_")
+    )
     if unknown:
         names = ", ".join(f"{ENV_PREFIX}{k.upper()}" for k in unknown)
         raise ConfigError(f"environment: unknown setting(s) {names}; see `storeml settings`")

@@ -31,7 +31,8 @@ def decode_topic(settings: Settings, which: str) -> list[dict[str, Any]]:
     attribute, schema = _TOPICS[which]
     codec = get_codec(schema)
     records = read_all(
-        settings.kafka_config(), getattr(settings, attribute),
+        settings.kafka_config(),
+        getattr(settings, attribute),
         watermark_method_for(settings.kafka_flavor),
     )
     return [codec.decode(r.value) for r in records]
@@ -82,25 +83,37 @@ def run_demo(
     try:
         ensure_topics(
             settings.kafka_config(),
-            [settings.topic_orders, settings.topic_products, settings.topic_customer_profiles,
-             settings.topic_product_profiles, settings.topic_dead_letter],
+            [
+                settings.topic_orders,
+                settings.topic_products,
+                settings.topic_customer_profiles,
+                settings.topic_product_profiles,
+                settings.topic_dead_letter,
+            ],
             settings.topic_partitions,
         )
-        echo(f"== 2/5 training per-store models for {stores} stores (MLflow at {settings.tracking_uri})")
+        echo(
+            f"== 2/5 training per-store models for {stores} stores (MLflow at {settings.tracking_uri})"
+        )
         handles = train_on_synthetic(settings, stores, max(events, 20_000), seed)
         for kind, handle in handles.items():
             echo(f"  {kind}: {handle.name} v{handle.version} @{settings.serving_alias}")
         echo(f"== 3/5 producing {events} events (0.2% deliberately malformed)")
         config = GeneratorConfig(stores=stores, events=events, seed=seed, malformed_fraction=0.002)
         stats = produce_events(
-            settings.kafka_config(), generate(config), settings.topic_orders, settings.topic_products
+            settings.kafka_config(),
+            generate(config),
+            settings.topic_orders,
+            settings.topic_products,
         )
         echo(f"  {stats}")
         echo("== 4/5 enrichment stream (Spark Structured Streaming, until caught up)")
         spark = get_spark(settings, "storeml-demo")
         try:
             query, handler = start_enrichment(
-                spark, settings, available_now=True,
+                spark,
+                settings,
+                available_now=True,
                 on_batch=lambda r: echo(
                     f"  batch {r.batch_id}: {r.events} events, {r.dead_letters} dead letters -> "
                     f"{r.customers} customers, {r.products} products ({r.seconds:.1f}s)"
@@ -117,19 +130,25 @@ def run_demo(
         for record in customers:
             latest[(record["store_id"], record["customer_id"])] = record
         best = sorted(latest.values(), key=lambda r: -r["order_count"])[:3]
-        echo(f"enriched topic {settings.topic_customer_profiles}: {len(customers)} records; "
-             "top customers:")
+        echo(
+            f"enriched topic {settings.topic_customer_profiles}: {len(customers)} records; "
+            "top customers:"
+        )
         for record in best:
             echo(_fmt_customer(record))
         products = decode_topic(settings, "product-profiles")
         predicted = [p for p in products if p["predicted_categories"]][-2:]
-        echo(f"enriched topic {settings.topic_product_profiles}: {len(products)} records; "
-             "uncategorised products with predicted categories:")
+        echo(
+            f"enriched topic {settings.topic_product_profiles}: {len(products)} records; "
+            "uncategorised products with predicted categories:"
+        )
         for record in predicted:
             echo(_fmt_product(record))
         dead = decode_topic(settings, "dead-letter")
-        echo(f"dead-letter topic {settings.topic_dead_letter}: {len(dead)} records"
-             + (f", e.g. {dead[0]['stage']}: {dead[0]['reason']}" if dead else ""))
+        echo(
+            f"dead-letter topic {settings.topic_dead_letter}: {len(dead)} records"
+            + (f", e.g. {dead[0]['stage']}: {dead[0]['reason']}" if dead else "")
+        )
         if best:
             store_id, customer_id = best[0]["store_id"], best[0]["customer_id"]
             profile = FeatureStore(settings.redis_url, settings.redis_prefix).customer(

@@ -137,26 +137,42 @@ def decode_batches(
         for frame in batches:
             rows: list[dict[str, Any]] = []
             for topic, partition, offset, key, value in zip(
-                frame["topic"], frame["partition"], frame["offset"], frame["key"], frame["value"],
+                frame["topic"],
+                frame["partition"],
+                frame["offset"],
+                frame["key"],
+                frame["value"],
                 strict=True,
             ):
                 seen += 1
                 route = routes.get(topic)
                 if route is None:
-                    dlq.send(topic, partition, offset, key, value, "decode", "UnknownTopic",
-                             f"no decoder for topic {topic!r}")
+                    dlq.send(
+                        topic,
+                        partition,
+                        offset,
+                        key,
+                        value,
+                        "decode",
+                        "UnknownTopic",
+                        f"no decoder for topic {topic!r}",
+                    )
                     bad += 1
                     continue
                 codec, validate, to_facts = route
                 try:
                     record = codec.decode(value)
                 except CodecError as exc:
-                    dlq.send(topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc))
+                    dlq.send(
+                        topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc)
+                    )
                     bad += 1
                     continue
                 reason = validate(record)
                 if reason is not None:
-                    dlq.send(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
+                    dlq.send(
+                        topic, partition, offset, key, value, "validate", "InvalidEvent", reason
+                    )
                     bad += 1
                     continue
                 store = record["store_id"]
@@ -175,20 +191,46 @@ def decode_batches(
 
 # --- enrich ------------------------------------------------------------------------------------
 CUSTOMER_FIELDS = [
-    "store_id", "customer_id", "profile_version", "order_count", "total_spend_minor",
-    "avg_order_value_minor", "first_order_time", "last_order_time", "last_event_time",
-    "days_since_last_order", "top_categories", "product_views", "propensity", "model", "source",
+    "store_id",
+    "customer_id",
+    "profile_version",
+    "order_count",
+    "total_spend_minor",
+    "avg_order_value_minor",
+    "first_order_time",
+    "last_order_time",
+    "last_event_time",
+    "days_since_last_order",
+    "top_categories",
+    "product_views",
+    "propensity",
+    "model",
+    "source",
 ]
 PRODUCT_FIELDS = [
-    "store_id", "product_id", "profile_version", "views", "order_count", "units", "revenue_minor",
-    "title", "description", "price_minor", "category", "last_event_time", "predicted_categories",
-    "model", "source",
+    "store_id",
+    "product_id",
+    "profile_version",
+    "views",
+    "order_count",
+    "units",
+    "revenue_minor",
+    "title",
+    "description",
+    "price_minor",
+    "category",
+    "last_event_time",
+    "predicted_categories",
+    "model",
+    "source",
 ]
 
 
 def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
     model = record["model"]
-    ranges = [[r["topic"], r["partition"], r["first_offset"], r["last_offset"]] for r in record["source"]]
+    ranges = [
+        [r["topic"], r["partition"], r["first_offset"], r["last_offset"]] for r in record["source"]
+    ]
     return [
         ("storeml.profile_version", str(record["profile_version"]).encode()),
         ("storeml.source", json.dumps(ranges, separators=(",", ":")).encode()),
@@ -244,10 +286,15 @@ def enrich_bucket(
         bundles = {}
         for kind, handle in handles.items():
             bundles[kind] = (
-                cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri) if handle is not None else None
+                cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri)
+                if handle is not None
+                else None
             )
         customers = score_customers(
-            customers, bundles.get("customer"), handles.get("customer"), model_name=ctx.customer_model
+            customers,
+            bundles.get("customer"),
+            handles.get("customer"),
+            model_name=ctx.customer_model,
         )
         products = score_products(
             products, bundles.get("product"), handles.get("product"), model_name=ctx.product_model
@@ -258,12 +305,20 @@ def enrich_bucket(
         product_records = to_records(products, PRODUCT_FIELDS)
         customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
         encoded = [
-            (ctx.customer_topic, f"{r['store_id']}|{r['customer_id']}".encode(),
-             customer_codec.encode(r), _headers(r, f"customer_profile/v{customer_codec.version}"))
+            (
+                ctx.customer_topic,
+                f"{r['store_id']}|{r['customer_id']}".encode(),
+                customer_codec.encode(r),
+                _headers(r, f"customer_profile/v{customer_codec.version}"),
+            )
             for r in customer_records
         ] + [
-            (ctx.product_topic, f"{r['store_id']}|{r['product_id']}".encode(),
-             product_codec.encode(r), _headers(r, f"product_profile/v{product_codec.version}"))
+            (
+                ctx.product_topic,
+                f"{r['store_id']}|{r['product_id']}".encode(),
+                product_codec.encode(r),
+                _headers(r, f"product_profile/v{product_codec.version}"),
+            )
             for r in product_records
         ]
         lap("encode_s")
@@ -282,21 +337,33 @@ def enrich_bucket(
         lap("redis_s")
 
         versions = {
-            kind: (f"{h.name}:{h.version}" if h is not None else "none") for kind, h in handles.items()
+            kind: (f"{h.name}:{h.version}" if h is not None else "none")
+            for kind, h in handles.items()
         }
         return pd.DataFrame(
-            [{
-                "bucket": bucket,
-                "facts": len(facts),
-                "customers": len(customer_records),
-                "products": len(product_records),
-                "kafka_records": len(encoded),
-                "redis_written": cw + pw,
-                "redis_skipped": cs + ps,
-                **{name: timings.get(name, 0.0) for name in
-                   ("state_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s")},
-                "models": json.dumps(versions, sort_keys=True),
-            }]
+            [
+                {
+                    "bucket": bucket,
+                    "facts": len(facts),
+                    "customers": len(customer_records),
+                    "products": len(product_records),
+                    "kafka_records": len(encoded),
+                    "redis_written": cw + pw,
+                    "redis_skipped": cs + ps,
+                    **{
+                        name: timings.get(name, 0.0)
+                        for name in (
+                            "state_s",
+                            "fold_s",
+                            "score_s",
+                            "encode_s",
+                            "kafka_s",
+                            "redis_s",
+                        )
+                    },
+                    "models": json.dumps(versions, sort_keys=True),
+                }
+            ]
         )
 
     return run
@@ -323,7 +390,9 @@ class BatchReport:
 class EnrichBatch:
     """The ``foreachBatch`` function of the enrichment stream."""
 
-    def __init__(self, ctx: JobContext, on_batch: Callable[[BatchReport], None] | None = None) -> None:
+    def __init__(
+        self, ctx: JobContext, on_batch: Callable[[BatchReport], None] | None = None
+    ) -> None:
         self.ctx = ctx
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
@@ -334,8 +403,12 @@ class EnrichBatch:
 
         ctx = self.ctx
         return {
-            "customer": resolve_alias(ctx.tracking_uri, ctx.registry_uri, ctx.customer_model, ctx.serving_alias),
-            "product": resolve_alias(ctx.tracking_uri, ctx.registry_uri, ctx.product_model, ctx.serving_alias),
+            "customer": resolve_alias(
+                ctx.tracking_uri, ctx.registry_uri, ctx.customer_model, ctx.serving_alias
+            ),
+            "product": resolve_alias(
+                ctx.tracking_uri, ctx.registry_uri, ctx.product_model, ctx.serving_alias
+            ),
         }
 
     def __call__(self, raw: Any, batch_id: int) -> None:
@@ -377,8 +450,13 @@ class EnrichBatch:
         self.reports.append(report)
         log.info(
             "batch %d: %d events (%d dead letters) -> %d customer, %d product profiles in %.2fs; models %s",
-            batch_id, report.events, report.dead_letters, report.customers, report.products,
-            report.seconds, report.models,
+            batch_id,
+            report.events,
+            report.dead_letters,
+            report.customers,
+            report.products,
+            report.seconds,
+            report.models,
         )
         if self.on_batch is not None:
             self.on_batch(report)

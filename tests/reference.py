@@ -20,9 +20,14 @@ def reference_profiles(
     lines = pd.DataFrame(
         [
             {
-                "store": r["store_id"], "customer": r["customer_id"], "time": r["event_time"],
-                "pos": (t, p, o), "product": ln["product_id"], "category": ln["category"],
-                "qty": ln["quantity"], "amount": ln["quantity"] * ln["unit_price_minor"],
+                "store": r["store_id"],
+                "customer": r["customer_id"],
+                "time": r["event_time"],
+                "pos": (t, p, o),
+                "product": ln["product_id"],
+                "category": ln["category"],
+                "qty": ln["quantity"],
+                "amount": ln["quantity"] * ln["unit_price_minor"],
             }
             for r, t, p, o in orders
             for ln in r["lines"]
@@ -31,9 +36,15 @@ def reference_profiles(
     pev = pd.DataFrame(
         [
             {
-                "store": r["store_id"], "product": r["product_id"], "customer": r["customer_id"],
-                "time": r["event_time"], "kind": r["kind"], "pos": (r["event_time"], t, p, o),
-                "title": r["title"], "description": r["description"], "price": r["price_minor"],
+                "store": r["store_id"],
+                "product": r["product_id"],
+                "customer": r["customer_id"],
+                "time": r["event_time"],
+                "kind": r["kind"],
+                "pos": (r["event_time"], t, p, o),
+                "title": r["title"],
+                "description": r["description"],
+                "price": r["price_minor"],
                 "category": r["category"],
             }
             for r, t, p, o in products
@@ -91,7 +102,11 @@ def reference_profiles(
     if len(pev):
         keys |= set(zip(pev["store"], pev["product"], strict=True))
     for store, product in keys:
-        pl = lines[(lines["store"] == store) & (lines["product"] == product)] if len(lines) else lines
+        pl = (
+            lines[(lines["store"] == store) & (lines["product"] == product)]
+            if len(lines)
+            else lines
+        )
         pe = pev[(pev["store"] == store) & (pev["product"] == product)] if len(pev) else pev
         attrs = pe[pe["kind"].isin(["created", "updated"])] if len(pe) else pe
         latest = max(attrs.itertuples(), key=lambda row: row.pos) if len(attrs) else None
@@ -105,9 +120,7 @@ def reference_profiles(
             "revenue_minor": int(pl["amount"].sum()) if len(pl) else 0,
             "title": _text(latest.title) if latest is not None else None,
             "description": _text(latest.description) if latest is not None else None,
-            "price_minor": (
-                None if latest is None or pd.isna(latest.price) else int(latest.price)
-            ),
+            "price_minor": (None if latest is None or pd.isna(latest.price) else int(latest.price)),
             "category": _text(latest.category) if latest is not None else None,
             "last_event_time": int(max(times)),
         }
@@ -131,9 +144,17 @@ def assert_profiles_match(
             other = actual[field]
             if isinstance(value, float):
                 assert other is not None and abs(other - value) <= 1e-9 * max(1.0, abs(value)), (
-                    key, field, other, value)
+                    key,
+                    field,
+                    other,
+                    value,
+                )
             elif field == "top_categories":
-                assert [c["category"] for c in other] == [c["category"] for c in value], (key, other, value)
+                assert [c["category"] for c in other] == [c["category"] for c in value], (
+                    key,
+                    other,
+                    value,
+                )
                 for a, b in zip(other, value, strict=True):
                     assert a["spend_minor"] == b["spend_minor"]
                     assert abs(a["share"] - b["share"]) < 1e-12

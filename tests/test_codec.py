@@ -23,21 +23,43 @@ def test_exact_bytes_of_current_order_schema() -> None:
     # c301 marker, CRC-64-AVRO fingerprint of order_event v2 (little endian), then the Avro body:
     # "s1" "c1" "o1" zigzag(1700000000000) "EUR" [1 line: "p1" union#1 "shoes" 2 1999] end "web"
     assert data.hex() == (
-        "c301" "f9d3fd5ee8108add"
-        "047331" "046331" "046f31" "80a0abfef962" "06455552"
-        "02" "047031" "02" "0a73686f6573" "04" "9e1f" "00"
+        "c301"
+        "f9d3fd5ee8108add"
+        "047331"
+        "046331"
+        "046f31"
+        "80a0abfef962"
+        "06455552"
+        "02"
+        "047031"
+        "02"
+        "0a73686f6573"
+        "04"
+        "9e1f"
+        "00"
         "06776562"
     )
 
 
 def test_round_trip_every_schema() -> None:
     assert schema_names() == [
-        "customer_profile", "dead_letter", "order_event", "product_event", "product_profile"
+        "customer_profile",
+        "dead_letter",
+        "order_event",
+        "product_event",
+        "product_profile",
     ]
     assert get_codec("order_event").decode(get_codec("order_event").encode(ORDER)) == ORDER
     product = {
-        "store_id": "s1", "product_id": "p9", "event_time": 5, "kind": "viewed", "title": None,
-        "description": None, "price_minor": None, "category": None, "customer_id": "c1",
+        "store_id": "s1",
+        "product_id": "p9",
+        "event_time": 5,
+        "kind": "viewed",
+        "title": None,
+        "description": None,
+        "price_minor": None,
+        "category": None,
+        "customer_id": "c1",
     }
     assert get_codec("product_event").decode(get_codec("product_event").encode(product)) == product
 
@@ -71,4 +93,7 @@ def test_codec_pickles_for_spark_closures() -> None:
     import pickle
 
     codec = pickle.loads(pickle.dumps(get_codec("customer_profile")))
-    assert codec.version == 1 and codec.current.fingerprint == get_codec("customer_profile").current.fingerprint
+    assert (
+        codec.version == 1
+        and codec.current.fingerprint == get_codec("customer_profile").current.fingerprint
+    )

@@ -58,13 +58,34 @@ def fold_in_batches(events: list[Event], cuts: list[int]) -> tuple[dict, dict]:
 
 
 CUSTOMER_COLUMNS = (
-    "store_id", "customer_id", "profile_version", "order_count", "total_spend_minor",
-    "avg_order_value_minor", "first_order_time", "last_order_time", "last_event_time",
-    "days_since_last_order", "top_categories", "product_views", "source",
+    "store_id",
+    "customer_id",
+    "profile_version",
+    "order_count",
+    "total_spend_minor",
+    "avg_order_value_minor",
+    "first_order_time",
+    "last_order_time",
+    "last_event_time",
+    "days_since_last_order",
+    "top_categories",
+    "product_views",
+    "source",
 )
 PRODUCT_COLUMNS = (
-    "store_id", "product_id", "profile_version", "views", "order_count", "units", "revenue_minor",
-    "title", "description", "price_minor", "category", "last_event_time", "source",
+    "store_id",
+    "product_id",
+    "profile_version",
+    "views",
+    "order_count",
+    "units",
+    "revenue_minor",
+    "title",
+    "description",
+    "price_minor",
+    "category",
+    "last_event_time",
+    "source",
 )
 
 
@@ -108,14 +129,20 @@ def test_source_ranges_and_versions_per_batch() -> None:
 
 
 def test_validation_names_the_problem() -> None:
-    good = {"store_id": "s", "customer_id": "c", "order_id": "o", "event_time": 1,
-            "lines": [{"product_id": "p", "quantity": 1, "unit_price_minor": 5}]}
+    good = {
+        "store_id": "s",
+        "customer_id": "c",
+        "order_id": "o",
+        "event_time": 1,
+        "lines": [{"product_id": "p", "quantity": 1, "unit_price_minor": 5}],
+    }
     assert validate_order(good) is None
     assert "quantity 0" in validate_order({**good, "lines": [{**good["lines"][0], "quantity": 0}]})
     assert "empty store_id" in validate_order({**good, "store_id": ""})
     assert "no lines" in validate_order({**good, "lines": []})
     assert "negative price_minor" in validate_product(
-        {"store_id": "s", "product_id": "p", "event_time": 1, "kind": "created", "price_minor": -1})
+        {"store_id": "s", "product_id": "p", "event_time": 1, "kind": "created", "price_minor": -1}
+    )
     assert bucket_of("store-1", 8) == bucket_of("store-1", 8) < 8
 
 
@@ -134,7 +161,9 @@ def test_state_store_versions_snapshots_and_recovery(tmp_path) -> None:
         states.append(state)
     # a fresh process (no cache) restores the latest version from snapshot + deltas
     clear_cache()
-    restored = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6).load(len(chunks) - 1)
+    restored = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6).load(
+        len(chunks) - 1
+    )
     final = states[-1]
     for table in ProfileState.TABLES:
         a = getattr(restored, table).sort_index()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from storeml.connectors.dead_letter import DeadLetterSink
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.kafka_sink import KafkaRecordSink
@@ -13,10 +12,15 @@ from storeml.settings import Settings
 
 def _profile(version: int, spend: int, propensity: float | None) -> dict:
     return {
-        "store_id": "s1", "customer_id": "c1", "profile_version": version, "order_count": version,
-        "total_spend_minor": spend, "propensity": propensity,
+        "store_id": "s1",
+        "customer_id": "c1",
+        "profile_version": version,
+        "order_count": version,
+        "total_spend_minor": spend,
+        "propensity": propensity,
         "top_categories": [{"category": "shoes", "spend_minor": spend, "share": 1.0}],
-        "model": {"name": "m", "version": "3", "scope": "store"}, "source": [],
+        "model": {"name": "m", "version": "3", "scope": "store"},
+        "source": [],
     }
 
 
@@ -36,7 +40,9 @@ def test_redis_guard_never_lets_an_older_profile_win(settings: Settings) -> None
     assert sink.write("customer", [_profile(6, 700, 0.5)], "customer_id") == (1, 0)
     assert store.customer("s1", "c1")["total_spend_minor"] == "700"
     assert store.customer("s1", "nobody") is None
-    assert store.scan("customer", "s1") == [profile_key(settings.redis_prefix, "customer", "s1", "c1")]
+    assert store.scan("customer", "s1") == [
+        profile_key(settings.redis_prefix, "customer", "s1", "c1")
+    ]
 
 
 def test_sinks_pickle_without_clients(settings: Settings) -> None:
@@ -53,8 +59,12 @@ def test_kafka_sink_delivers_with_headers_and_dead_letters(settings: Settings) -
     ensure_topics(config, [settings.topic_customer_profiles, settings.topic_dead_letter], 2)
     sink = KafkaRecordSink(config)
     for i in range(10):
-        sink.produce(settings.topic_customer_profiles, f"s|{i}".encode(), b"v%d" % i,
-                     [("storeml.profile_version", str(i).encode())])
+        sink.produce(
+            settings.topic_customer_profiles,
+            f"s|{i}".encode(),
+            b"v%d" % i,
+            [("storeml.profile_version", str(i).encode())],
+        )
     sink.flush()
     dlq = DeadLetterSink(config, settings.topic_dead_letter)
     dlq.send("orders", 1, 42, b"k", b"\x00garbage", "decode", "CodecError", "not an Avro message")
@@ -66,8 +76,13 @@ def test_kafka_sink_delivers_with_headers_and_dead_letters(settings: Settings) -
     (dead,) = read_all(config, settings.topic_dead_letter, method)
     letter = get_codec("dead_letter").decode(dead.value)
     assert letter == {
-        "source_topic": "orders", "source_partition": 1, "source_offset": 42, "key": b"k",
-        "value": b"\x00garbage", "stage": "decode", "error_type": "CodecError",
+        "source_topic": "orders",
+        "source_partition": 1,
+        "source_offset": 42,
+        "key": b"k",
+        "value": b"\x00garbage",
+        "stage": "decode",
+        "error_type": "CodecError",
         "reason": "not an Avro message",
     }
     assert dict(dead.headers)["storeml.source"] == b"orders:1:42"

@@ -22,8 +22,8 @@ from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.redis_sink import FeatureStore
 from storeml.connectors.synthetic import GeneratorConfig, generate
-from storeml.models.events import ORDER, PRODUCT, validate_order, validate_product
 from storeml.errors import CodecError
+from storeml.models.events import ORDER, PRODUCT, validate_order, validate_product
 from storeml.schemas.codec import get_codec
 from storeml.settings import Settings
 from tests.reference import assert_profiles_match, reference_profiles
@@ -33,8 +33,11 @@ pytestmark = pytest.mark.slow
 
 def _topics(settings: Settings) -> list[str]:
     return [
-        settings.topic_orders, settings.topic_products, settings.topic_customer_profiles,
-        settings.topic_product_profiles, settings.topic_dead_letter,
+        settings.topic_orders,
+        settings.topic_products,
+        settings.topic_customer_profiles,
+        settings.topic_product_profiles,
+        settings.topic_dead_letter,
     ]
 
 
@@ -88,19 +91,23 @@ def redis_profiles(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
     out = {}
     for key in store.scan(kind):
         raw = store._client.hgetall(key)  # noqa: SLF001 - test reads the raw hash
-        out[key[len(settings.redis_prefix):]] = {k.decode(): v.decode() for k, v in raw.items()}
+        out[key[len(settings.redis_prefix) :]] = {k.decode(): v.decode() for k, v in raw.items()}
     return out
 
 
-def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Settings, unique: str) -> None:
+def test_stream_matches_plain_pandas_and_dead_letters(
+    spark: Any, settings: Settings, unique: str
+) -> None:
     from storeml.batch.history import train_on_synthetic
     from storeml.streams.enrich import start_enrichment
 
-    settings = settings.model_copy(update={
-        "max_records_per_batch": 2_500,
-        "customer_model": f"test-{unique}-customers",
-        "product_model": f"test-{unique}-products",
-    })
+    settings = settings.model_copy(
+        update={
+            "max_records_per_batch": 2_500,
+            "customer_model": f"test-{unique}-customers",
+            "product_model": f"test-{unique}-products",
+        }
+    )
     handles = train_on_synthetic(settings, stores=6, events=6_000, seed=11)
     produce(settings, GeneratorConfig(stores=6, events=8_000, seed=5, malformed_fraction=0.01))
     good, bad = input_events(settings)
@@ -114,8 +121,12 @@ def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Sett
     assert sum(r.dead_letters for r in handler.reports) == len(bad)
 
     want_c, want_p = reference_profiles(good)
-    got_c = latest_from_topic(settings, settings.topic_customer_profiles, "customer_id", "customer_profile")
-    got_p = latest_from_topic(settings, settings.topic_product_profiles, "product_id", "product_profile")
+    got_c = latest_from_topic(
+        settings, settings.topic_customer_profiles, "customer_id", "customer_profile"
+    )
+    got_p = latest_from_topic(
+        settings, settings.topic_product_profiles, "product_id", "product_profile"
+    )
     assert_profiles_match(got_c, want_c)
     assert_profiles_match(got_p, want_p)
 
@@ -144,10 +155,15 @@ def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Sett
     # dead letters: one per bad message, with the reason and the original bytes
     letters = [
         get_codec("dead_letter").decode(r.value)
-        for r in read_all(settings.kafka_config(), settings.topic_dead_letter,
-                          watermark_method_for(settings.kafka_flavor))
+        for r in read_all(
+            settings.kafka_config(),
+            settings.topic_dead_letter,
+            watermark_method_for(settings.kafka_flavor),
+        )
     ]
-    assert sorted((d["source_topic"], d["source_partition"], d["source_offset"]) for d in letters) == sorted(bad)
+    assert sorted(
+        (d["source_topic"], d["source_partition"], d["source_offset"]) for d in letters
+    ) == sorted(bad)
     assert {d["stage"] for d in letters} <= {"decode", "validate"}
     assert all(d["reason"] and d["value"] is not None for d in letters)
 
@@ -156,14 +172,20 @@ def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Sett
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOREML_")}
     values = {
-        "home": settings.home, "kafka_bootstrap": settings.kafka_bootstrap,
-        "kafka_flavor": settings.kafka_flavor, "redis_url": settings.redis_url,
-        "mlflow_tracking_uri": settings.tracking_uri, "mlflow_artifact_root": settings.artifact_root,
-        "topic_orders": settings.topic_orders, "topic_products": settings.topic_products,
+        "home": settings.home,
+        "kafka_bootstrap": settings.kafka_bootstrap,
+        "kafka_flavor": settings.kafka_flavor,
+        "redis_url": settings.redis_url,
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow_artifact_root": settings.artifact_root,
+        "topic_orders": settings.topic_orders,
+        "topic_products": settings.topic_products,
         "topic_customer_profiles": settings.topic_customer_profiles,
         "topic_product_profiles": settings.topic_product_profiles,
-        "topic_dead_letter": settings.topic_dead_letter, "redis_prefix": settings.redis_prefix,
-        "checkpoint_dir": settings.checkpoint_path, "customer_model": settings.customer_model,
+        "topic_dead_letter": settings.topic_dead_letter,
+        "redis_prefix": settings.redis_prefix,
+        "checkpoint_dir": settings.checkpoint_path,
+        "customer_model": settings.customer_model,
         "product_model": settings.product_model,
         "max_records_per_batch": settings.max_records_per_batch,
     }
@@ -176,7 +198,9 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
 def _stream(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "storeml.cli", "stream", "run", *args],
-        env=_env(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        env=_env(settings),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: kill -9 takes the JVM down with it
     )
 
@@ -186,25 +210,31 @@ def _committed(checkpoint: Path) -> int:
     return len([p for p in commits.iterdir() if p.name.isdigit()]) if commits.exists() else 0
 
 
-def test_kill_9_mid_run_then_restart_equals_uninterrupted(settings: Settings, unique: str, tmp_path: Path) -> None:
+def test_kill_9_mid_run_then_restart_equals_uninterrupted(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
     from storeml.batch.history import train_on_synthetic
 
-    base = settings.model_copy(update={
-        "max_records_per_batch": 1_500,
-        "customer_model": f"test-{unique}-customers",
-        "product_model": f"test-{unique}-products",
-    })
+    base = settings.model_copy(
+        update={
+            "max_records_per_batch": 1_500,
+            "customer_model": f"test-{unique}-customers",
+            "product_model": f"test-{unique}-products",
+        }
+    )
     train_on_synthetic(base, stores=5, events=5_000, seed=21)
     produce(base, GeneratorConfig(stores=5, events=12_000, seed=9, malformed_fraction=0.005))
 
     def variant(name: str) -> Settings:
-        s = base.model_copy(update={
-            "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
-            "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
-            "topic_dead_letter": f"{base.topic_dead_letter}.{name}",
-            "redis_prefix": f"{base.redis_prefix}:{name}",
-            "checkpoint_dir": tmp_path / name,
-        })
+        s = base.model_copy(
+            update={
+                "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
+                "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
+                "topic_dead_letter": f"{base.topic_dead_letter}.{name}",
+                "redis_prefix": f"{base.redis_prefix}:{name}",
+                "checkpoint_dir": tmp_path / name,
+            }
+        )
         ensure_topics(s.kafka_config(), _topics(s), 3)
         return s
 
@@ -243,8 +273,18 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(settings: Settings, un
         got = latest_from_topic(crashed, getattr(crashed, topic_attr), id_field, schema)
         want = latest_from_topic(clean, getattr(clean, topic_attr), id_field, schema)
         assert got == want, topic_attr
-    dead_crashed = {(r.key, r.value) for r in read_all(crashed.kafka_config(), crashed.topic_dead_letter,
-                                                        watermark_method_for(crashed.kafka_flavor))}
-    dead_clean = {(r.key, r.value) for r in read_all(clean.kafka_config(), clean.topic_dead_letter,
-                                                      watermark_method_for(clean.kafka_flavor))}
+    dead_crashed = {
+        (r.key, r.value)
+        for r in read_all(
+            crashed.kafka_config(),
+            crashed.topic_dead_letter,
+            watermark_method_for(crashed.kafka_flavor),
+        )
+    }
+    dead_clean = {
+        (r.key, r.value)
+        for r in read_all(
+            clean.kafka_config(), clean.topic_dead_letter, watermark_method_for(clean.kafka_flavor)
+        )
+    }
     assert dead_crashed == dead_clean and dead_clean
