@@ -17,15 +17,15 @@ def synthetic_facts(stores: int, events: int, seed: int) -> tuple[pd.DataFrame, 
     from storeml.models.events import ORDER, PRODUCT, facts_from_events
 
     good = [
-        e
+        (e.topic_kind, e.record)
         for e in generate(GeneratorConfig(stores=stores, events=events, seed=seed))
         if e.malformed is None and e.record is not None
     ]
     facts = facts_from_events(
-        (ORDER if e.topic_kind == "orders" else PRODUCT, e.record, f"history-{e.topic_kind}", 0, i)
-        for i, e in enumerate(good)
+        (ORDER if kind == "orders" else PRODUCT, record, f"history-{kind}", 0, i)
+        for i, (kind, record) in enumerate(good)
     )
-    times = sorted(int(e.record["event_time"]) for e in good)  # type: ignore[index]
+    times = sorted(int(record["event_time"]) for _, record in good)
     return facts, times[int(len(times) * 0.7)]
 
 

@@ -68,6 +68,10 @@ def run_demo(
     keep_stack: bool = False,
     echo: Callable[[str], None] = print,
 ) -> None:
+    import shutil
+
+    import redis
+
     from storeml.batch.history import train_on_synthetic
     from storeml.connectors.event_producer import produce_events
     from storeml.connectors.kafka_admin import ensure_topics
@@ -78,9 +82,22 @@ def run_demo(
     from storeml.streams.spark_session import get_spark
 
     started = time.perf_counter()
+    # The demo owns its checkpoint and key prefix: every run starts from empty topics and state.
+    settings = settings.model_copy(
+        update={
+            "checkpoint_dir": settings.home / "checkpoints" / "demo",
+            "redis_prefix": f"{settings.redis_prefix}-demo",
+        }
+    )
+    shutil.rmtree(settings.checkpoint_path, ignore_errors=True)
     echo("== 1/5 local stack")
     echo(str(stack_up(settings)))
     try:
+        client = redis.Redis.from_url(settings.redis_url)
+        stale = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+        for start in range(0, len(stale), 1000):
+            client.delete(*stale[start : start + 1000])
+        client.close()
         ensure_topics(
             settings.kafka_config(),
             [
@@ -154,7 +171,10 @@ def run_demo(
             profile = FeatureStore(settings.redis_url, settings.redis_prefix).customer(
                 store_id, customer_id
             )
-            echo(f"Redis lookup `storeml lookup customer {store_id} {customer_id}`:")
+            echo(
+                f"Redis lookup (`STOREML_REDIS_PREFIX={settings.redis_prefix} storeml lookup"
+                f" customer {store_id} {customer_id}`):"
+            )
             echo(json.dumps(profile, indent=2, sort_keys=True))
         echo(f"done in {time.perf_counter() - started:.0f}s")
     finally:
