@@ -1,4 +1,9 @@
-"""Synthetic history for training when a shop has no real history yet (the demo, tests, benches)."""
+"""Synthetic history for training when a shop has no real history yet (the demo, tests, benches).
+
+Event time is laid out like a real shop's: the history covers :data:`HISTORY_DAYS` days from
+2024-01-01; training cuts it at 70% of its events and labels a customer positive when they order
+again after the cutoff. Live events (:func:`live_config`) follow the history.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,59 @@ from typing import Any
 
 import pandas as pd
 
+from storeml.connectors.synthetic import GeneratorConfig
 from storeml.settings import Settings
 
-__all__ = ["synthetic_facts", "train_on_synthetic"]
+__all__ = [
+    "HISTORY_DAYS",
+    "LIVE_DAYS",
+    "history_config",
+    "live_config",
+    "synthetic_facts",
+    "train_on_synthetic",
+]
+
+HISTORY_DAYS = 120
+LIVE_DAYS = 30
+_DAY_MS = 86_400_000
+_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def history_config(stores: int, events: int, seed: int) -> GeneratorConfig:
+    """The generator settings of a shop's history: ``events`` spread over HISTORY_DAYS days."""
+    return GeneratorConfig(
+        stores=stores,
+        events=events,
+        seed=seed,
+        start_ms=_START_MS,
+        events_per_second=events / (HISTORY_DAYS * 86_400),
+        jitter_ms=60_000,
+    )
+
+
+def live_config(
+    stores: int, events: int, seed: int, malformed_fraction: float = 0.0
+) -> GeneratorConfig:
+    """Live events: ``events`` spread over LIVE_DAYS days right after the history."""
+    return GeneratorConfig(
+        stores=stores,
+        events=events,
+        seed=seed,
+        start_ms=_START_MS + HISTORY_DAYS * _DAY_MS,
+        events_per_second=events / (LIVE_DAYS * 86_400),
+        jitter_ms=60_000,
+        malformed_fraction=malformed_fraction,
+    )
 
 
 def synthetic_facts(stores: int, events: int, seed: int) -> tuple[pd.DataFrame, int]:
     """Facts of a synthetic shop's history and a training cutoff (70% of its events before it)."""
-    from storeml.connectors.synthetic import GeneratorConfig, generate
+    from storeml.connectors.synthetic import generate
     from storeml.models.events import ORDER, PRODUCT, facts_from_events
 
     good = [
         (e.topic_kind, e.record)
-        for e in generate(GeneratorConfig(stores=stores, events=events, seed=seed))
+        for e in generate(history_config(stores, events, seed))
         if e.malformed is None and e.record is not None
     ]
     facts = facts_from_events(

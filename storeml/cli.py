@@ -188,12 +188,13 @@ def produce(
     ctx: click.Context, stores: int, events: int, seed: int, rate: float | None, malformed: float
 ) -> None:
     """Produce synthetic order and product events."""
+    from storeml.batch.history import live_config
     from storeml.connectors.event_producer import produce_events
-    from storeml.connectors.synthetic import GeneratorConfig, generate
+    from storeml.connectors.synthetic import generate
 
     settings = _settings(ctx)
     _run(lambda: _create_topics(settings))
-    config = GeneratorConfig(stores=stores, events=events, seed=seed, malformed_fraction=malformed)
+    config = live_config(stores, events, seed, malformed_fraction=malformed)
     stats = _run(
         lambda: produce_events(
             settings.kafka_config(),

@@ -72,11 +72,11 @@ def run_demo(
 
     import redis
 
-    from storeml.batch.history import train_on_synthetic
+    from storeml.batch.history import live_config, train_on_synthetic
     from storeml.connectors.event_producer import produce_events
     from storeml.connectors.kafka_admin import ensure_topics
     from storeml.connectors.redis_sink import FeatureStore
-    from storeml.connectors.synthetic import GeneratorConfig, generate
+    from storeml.connectors.synthetic import generate
     from storeml.stack import stack_down, stack_up
     from storeml.streams.enrich import start_enrichment
     from storeml.streams.spark_session import get_spark
@@ -116,7 +116,7 @@ def run_demo(
         for kind, handle in handles.items():
             echo(f"  {kind}: {handle.name} v{handle.version} @{settings.serving_alias}")
         echo(f"== 3/5 producing {events} events (0.2% deliberately malformed)")
-        config = GeneratorConfig(stores=stores, events=events, seed=seed, malformed_fraction=0.002)
+        config = live_config(stores, events, seed, malformed_fraction=0.002)
         stats = produce_events(
             settings.kafka_config(),
             generate(config),
