@@ -287,9 +287,10 @@ def _fold_products(state: ProfileState, facts: pd.DataFrame) -> pd.DataFrame:
         last_order=("event_time", "max"),
     )
     events = facts[facts["kind"] == "product_event"]
-    per_event = events.groupby(PRODUCT_KEY, sort=False).agg(
+    events_viewed = events.assign(viewed=(events["event_kind"] == "viewed").astype("int64"))
+    per_event = events_viewed.groupby(PRODUCT_KEY, sort=False).agg(
         events=("event_time", "size"),
-        views=("event_kind", lambda kinds: int((kinds == "viewed").sum())),
+        views=("viewed", "sum"),
         last_seen=("event_time", "max"),
     )
     touched = ordered.index.union(per_event.index)
@@ -385,23 +386,36 @@ def fold(state: ProfileState, facts: pd.DataFrame) -> StateDelta:
     return StateDelta(customers=customers, categories=categories, products=products)
 
 
-def _source_ranges(facts: pd.DataFrame, key: list[str]) -> pd.Series:
+def _source_ranges(
+    facts: pd.DataFrame, key: list[str]
+) -> dict[tuple[str, str], list[dict[str, object]]]:
     """Per entity: the (topic, partition, first_offset, last_offset) ranges of its facts."""
     if facts.empty:
-        return pd.Series([], dtype=object)
+        return {}
     ranges = (
         facts.groupby([*key, "topic", "partition"], sort=True)["offset"]
         .agg(["min", "max"])
         .reset_index()
     )
-    records = [
-        {"topic": t, "partition": int(p), "first_offset": int(lo), "last_offset": int(hi)}
-        for t, p, lo, hi in zip(
-            ranges["topic"], ranges["partition"], ranges["min"], ranges["max"], strict=True
+    out: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for store, entity, topic, partition, lo, hi in zip(
+        ranges[key[0]].tolist(),
+        ranges[key[1]].tolist(),
+        ranges["topic"].tolist(),
+        ranges["partition"].tolist(),
+        ranges["min"].tolist(),
+        ranges["max"].tolist(),
+        strict=True,
+    ):
+        out.setdefault((store, entity), []).append(
+            {
+                "topic": topic,
+                "partition": int(partition),
+                "first_offset": int(lo),
+                "last_offset": int(hi),
+            }
         )
-    ]
-    ranges["range"] = records
-    return ranges.groupby(key, sort=False)["range"].agg(list)
+    return out
 
 
 def customer_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame) -> pd.DataFrame:
@@ -430,30 +444,28 @@ def customer_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFram
             ascending=[True, True, False, True],
         )
         touched_cats = touched_cats.groupby(CUSTOMER_KEY, sort=False).head(TOP_CATEGORIES)
-        totals = rows["total_spend_minor"]
-        for store, customer, category, spend_minor in zip(
-            touched_cats["store_id"],
-            touched_cats["customer_id"],
-            touched_cats["category"],
-            touched_cats["spend_minor"],
+        totals = rows["total_spend_minor"].rename("total").reset_index()
+        touched_cats = touched_cats.merge(totals, on=CUSTOMER_KEY, how="left")
+        for store, customer, category, spend_minor, total in zip(
+            touched_cats["store_id"].tolist(),
+            touched_cats["customer_id"].tolist(),
+            touched_cats["category"].tolist(),
+            touched_cats["spend_minor"].tolist(),
+            touched_cats["total"].tolist(),
             strict=True,
         ):
-            total = int(totals.loc[(store, customer)])
             share = float(spend_minor) / total if total else 0.0
             tops.setdefault((store, customer), []).append(
                 {"category": category, "spend_minor": int(spend_minor), "share": share}
             )
-    out["top_categories"] = [
-        tops.get(key, []) for key in zip(out["store_id"], out["customer_id"], strict=True)
-    ]
+    keys = list(zip(out["store_id"].tolist(), out["customer_id"].tolist(), strict=True))
+    out["top_categories"] = [tops.get(key, []) for key in keys]
     customer_facts = facts[
         facts["customer_id"].notna()
         & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
     ]
     sources = _source_ranges(customer_facts, CUSTOMER_KEY)
-    out["source"] = [
-        sources.get(key, []) for key in zip(out["store_id"], out["customer_id"], strict=True)
-    ]
+    out["source"] = [sources.get(key, []) for key in keys]
     return out
 
 
