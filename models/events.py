@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storeml.models.profiles import facts_frame
+from storeml.models.profiles import FACT_COLUMNS
 
 __all__ = [
     "EventKind",
@@ -28,6 +28,7 @@ __all__ = [
     "order_facts",
     "product_facts",
     "facts_from_events",
+    "FactColumns",
 ]
 
 EventKind = str
@@ -142,13 +143,83 @@ def product_facts(
     ]
 
 
+class FactColumns:
+    """Builds a facts table column by column (much cheaper than a list of row dicts)."""
+
+    _NULLABLE_INT = ("quantity", "unit_price_minor", "price_minor")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in FACT_COLUMNS}
+
+    def __len__(self) -> int:
+        return len(self.columns["kind"])
+
+    def add_order(
+        self, record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
+    ) -> None:
+        c = self.columns
+        for line in record["lines"]:
+            c["bucket"].append(bucket)
+            c["kind"].append("order_line")
+            c["store_id"].append(record["store_id"])
+            c["customer_id"].append(record["customer_id"])
+            c["product_id"].append(line["product_id"])
+            c["order_id"].append(record["order_id"])
+            c["event_time"].append(record["event_time"])
+            c["topic"].append(topic)
+            c["partition"].append(partition)
+            c["offset"].append(offset)
+            c["category"].append(line.get("category"))
+            c["quantity"].append(line["quantity"])
+            c["unit_price_minor"].append(line["unit_price_minor"])
+            c["event_kind"].append(None)
+            c["title"].append(None)
+            c["description"].append(None)
+            c["price_minor"].append(None)
+
+    def add_product(
+        self, record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
+    ) -> None:
+        c = self.columns
+        c["bucket"].append(bucket)
+        c["kind"].append("product_event")
+        c["store_id"].append(record["store_id"])
+        c["customer_id"].append(record.get("customer_id"))
+        c["product_id"].append(record["product_id"])
+        c["order_id"].append(None)
+        c["event_time"].append(record["event_time"])
+        c["topic"].append(topic)
+        c["partition"].append(partition)
+        c["offset"].append(offset)
+        c["category"].append(record.get("category"))
+        c["quantity"].append(None)
+        c["unit_price_minor"].append(None)
+        c["event_kind"].append(record["kind"])
+        c["title"].append(record.get("title"))
+        c["description"].append(record.get("description"))
+        c["price_minor"].append(record.get("price_minor"))
+
+    def frame(self) -> pd.DataFrame:
+        """The facts table (dtypes as :data:`FACT_COLUMNS`)."""
+        data: dict[str, Any] = {}
+        for name, dtype in FACT_COLUMNS.items():
+            values = self.columns[name]
+            if dtype == "object":
+                data[name] = pd.Series(values, dtype=object)
+            elif name in self._NULLABLE_INT:
+                data[name] = pd.array(values, dtype="Int64")
+            else:
+                data[name] = np.asarray(values, dtype=dtype)
+        return pd.DataFrame(data)
+
+
 def facts_from_events(
     events: Iterable[tuple[EventKind, Mapping[str, Any], str, int, int]], buckets: int = 1
 ) -> pd.DataFrame:
     """Facts table from already-validated ``(kind, record, topic, partition, offset)`` tuples."""
-    rows: list[dict[str, Any]] = []
+    columns = FactColumns()
     for kind, record, topic, partition, offset in events:
         bucket = bucket_of(record["store_id"], buckets)
-        make = order_facts if kind == ORDER else product_facts
-        rows.extend(make(record, topic, partition, offset, bucket))
-    return facts_frame(rows)
+        add = columns.add_order if kind == ORDER else columns.add_product
+        add(record, topic, partition, offset, bucket)
+    return columns.frame()

@@ -116,26 +116,28 @@ def decode_batches(
         from storeml.connectors.dead_letter import DeadLetterSink
         from storeml.errors import CodecError
         from storeml.models.events import (
+            FactColumns,
             bucket_of,
-            order_facts,
-            product_facts,
             validate_order,
             validate_product,
         )
-        from storeml.models.profiles import facts_frame
         from storeml.schemas.codec import get_codec
 
         events_seen, dead_letters, decode_seconds = counters
         dlq: DeadLetterSink = _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic)
         routes = {
-            ctx.orders_topic: (get_codec("order_event"), validate_order, order_facts),
-            ctx.products_topic: (get_codec("product_event"), validate_product, product_facts),
+            ctx.orders_topic: (get_codec("order_event"), validate_order, FactColumns.add_order),
+            ctx.products_topic: (
+                get_codec("product_event"),
+                validate_product,
+                FactColumns.add_product,
+            ),
         }
         buckets: dict[str, int] = {}
         seen = bad = 0
         started = time.perf_counter()
         for frame in batches:
-            rows: list[dict[str, Any]] = []
+            columns = FactColumns()
             for topic, partition, offset, key, value in zip(
                 frame["topic"],
                 frame["partition"],
@@ -179,8 +181,8 @@ def decode_batches(
                 bucket = buckets.get(store)
                 if bucket is None:
                     bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
-                rows.extend(to_facts(record, topic, int(partition), int(offset), bucket))
-            yield facts_frame(rows)
+                to_facts(columns, record, topic, int(partition), int(offset), bucket)
+            yield columns.frame()
         dlq.flush()
         events_seen.add(seen)
         dead_letters.add(bad)
