@@ -13,11 +13,19 @@ For each model kind (customer propensity, product category) one training run:
 
 Loading the pyfunc with ``mlflow.pyfunc.load_model`` needs the ``storeml`` package importable
 (its wrapper class lives there); the stream never goes through pyfunc.
+
+:func:`train_package` does the same for a model package (:mod:`storeml.models.package`): the
+registered model and the experiment are named after ``model.name``; the bundle's ``index.json``
+records the package (framework, hyper-parameters, features) and its prediction section
+(``metadata.package``, ``metadata.prediction``); the package's Python files are copied into the
+bundle's ``code/`` folder (for people: store files carry their code inside, see
+:mod:`storeml.models.base`); and the run logs the package files under ``package/``.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -34,19 +42,22 @@ from storeml.connectors.mlflow_registry import (
     register_bundle,
 )
 from storeml.errors import ModelError
-from storeml.models.scoring import CUSTOMER_FEATURES
+from storeml.models.features import CUSTOMER_FEATURES
+from storeml.models.package import ModelPackage, load_package
 from storeml.models.store_models import make_pyfunc_model, write_bundle
 from storeml.models.training import (
     FitResult,
     customer_training_set,
     fit_customer_models,
+    fit_package_models,
     fit_product_models,
+    package_training_set,
     product_training_set,
     summarise_metrics,
 )
 from storeml.settings import Settings
 
-__all__ = ["train_and_register", "train_kind", "pip_requirements", "KINDS"]
+__all__ = ["train_and_register", "train_package", "train_kind", "pip_requirements", "KINDS"]
 
 #: Model kinds, as keys of :func:`train_and_register`'s result.
 KINDS = ("customer", "product")
@@ -82,8 +93,12 @@ def train_kind(
     alias: str | None,
     params: dict[str, Any],
     fit_options: dict[str, Any],
+    package: ModelPackage | None = None,
 ) -> ModelHandle:
-    """Fit, log and register one model kind; returns the new version's handle."""
+    """Fit, log and register one model kind; returns the new version's handle.
+
+    With ``package``, the bundle and the run also record the package (see the module docstring).
+    """
     import mlflow
 
     started = time.perf_counter()
@@ -109,28 +124,55 @@ def train_kind(
             global_model=result.global_model,
             examples=examples,
             global_examples=int((result.splits["split"] == "train").sum()),
-            metadata={"model_name": name, "cutoff_ms": int(cutoff_ms)},
+            metadata=_bundle_metadata(name, cutoff_ms, package),
         )
+        if package is not None and package.code.sources:
+            package.code.write(folder / "code")
         reports = Path(tmp) / "metrics"
         reports.mkdir()
         result.metrics.to_csv(reports / "store_metrics.csv", index=False)
         splits.to_csv(reports / "splits.csv", index=False)
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{cutoff_ms}") as run:
             mlflow.log_params(
-                {"kind": kind, "cutoff_ms": cutoff_ms, "examples": len(training), **params,
-                 **fit_options}
+                {
+                    "kind": kind,
+                    "cutoff_ms": cutoff_ms,
+                    "examples": len(training),
+                    **params,
+                    **fit_options,
+                }
             )
             metrics = summarise_metrics(result.metrics)
             metrics["fit_seconds"] = fit_seconds
             mlflow.log_metrics(_finite(metrics))
             mlflow.log_artifacts(str(reports), artifact_path="metrics")
+            requirements = pip_requirements()
+            if package is not None:
+                files = Path(tmp) / "package"
+                files.mkdir()
+                for path in package.files():
+                    shutil.copy2(path, files / path.name)
+                mlflow.log_artifacts(str(files), artifact_path="package")
+                requirements += [r for r in package.requirements if r not in requirements]
             info = log_bundle_model(
                 folder,
                 make_pyfunc_model(),
-                pip_requirements(),
+                requirements,
                 metadata={"kind": kind, "stores_with_model": len(result.models)},
             )
             run_id = run.info.run_id
+    tags = {"kind": kind, "cutoff_ms": str(cutoff_ms), "stores_with_model": str(len(result.models))}
+    description = f"storeml per-store {kind} models: one file per store plus a global fallback"
+    if package is not None:
+        prediction = package.config.prediction
+        tags.update(
+            {
+                "package": package.name,
+                "service": prediction.service,
+                "prediction_version": prediction.version,
+            }
+        )
+        description = package.config.model.description or description
     return register_bundle(
         settings.tracking_uri,
         settings.registry_uri,
@@ -138,12 +180,74 @@ def train_kind(
         info.model_uri,
         run_id=run_id,
         alias=alias,
-        tags={
-            "kind": kind,
-            "cutoff_ms": str(cutoff_ms),
-            "stores_with_model": str(len(result.models)),
-        },
-        description=f"storeml per-store {kind} models: one file per store plus a global fallback",
+        tags=tags,
+        description=description,
+    )
+
+
+def _bundle_metadata(name: str, cutoff_ms: int, package: ModelPackage | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"model_name": name, "cutoff_ms": int(cutoff_ms)}
+    if package is not None:
+        metadata["package"] = package.describe()
+        metadata["prediction"] = package.prediction_dict()
+    return metadata
+
+
+def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{key}": value for key, value in values.items()}
+
+
+def train_package(
+    settings: Settings,
+    package_dir: str | Path | ModelPackage,
+    facts: pd.DataFrame,
+    cutoff_ms: int,
+    stores: Iterable[str] | None = None,
+    alias: str | None = "challenger",
+    **fit_options: Any,
+) -> ModelHandle:
+    """Validate the package, train one model per store from ``facts`` and register a version.
+
+    The registered model (and the MLflow experiment) is named ``model.name`` of the package;
+    ``alias`` (None: no alias) points at the new version. ``stores`` limits training to those
+    stores. ``fit_options`` override ``model.training`` (``min_examples``, ``seed``...).
+    Raises :class:`~storeml.models.package.PackageError` for an invalid package and
+    :class:`ModelError` when the history holds fewer than two classes.
+    """
+    package = package_dir if isinstance(package_dir, ModelPackage) else load_package(package_dir)
+    configure(settings.tracking_uri, settings.registry_uri)
+    if stores is not None:
+        facts = facts[facts["store_id"].isin(set(stores))]
+    training_options = package.config.model.training.model_dump(exclude={"horizon_days"})
+    options = {**training_options, **fit_options}
+    model = package.config.model
+    prediction = package.config.prediction
+    framework = model.framework
+    params: dict[str, Any] = {
+        "package": package.name,
+        "stores": int(facts["store_id"].nunique()),
+        "framework": getattr(framework, "estimator", None)
+        or f"{framework.file}:{framework.class_name}",  # type: ignore[union-attr]
+        "features": ",".join(package.feature_names),
+        "prediction_service": prediction.service,
+        "prediction_version": prediction.version,
+        "prediction_schedule": prediction.schedule or "",
+        **_flat("hp.", dict(model.hyperparameters)),
+        **_flat("global_hp.", dict(model.global_hyperparameters)),
+    }
+    return train_kind(
+        settings,
+        kind=package.kind,
+        name=package.name,
+        training=package_training_set(package, facts, cutoff_ms),
+        fit=lambda training, **opts: fit_package_models(package, training, **opts),
+        features=package.feature_names,
+        key_column="customer_id" if package.kind == "customer" else "product_id",
+        cutoff_ms=cutoff_ms,
+        alias=alias,
+        params=params,
+        fit_options=options,
+        package=package,
     )
 
 

@@ -106,9 +106,7 @@ def _error_code(exc: BaseException) -> str | None:
     return getattr(exc, "error_code", None)
 
 
-def ensure_experiment(
-    name: str, artifact_location: str, *, tracking_uri: str | None = None
-) -> str:
+def ensure_experiment(name: str, artifact_location: str, *, tracking_uri: str | None = None) -> str:
     """Id of experiment ``name``, created with ``artifact_location`` when it does not exist.
 
     Passing the location explicitly keeps artifacts out of ``./mlruns`` of the working folder.

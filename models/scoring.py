@@ -1,7 +1,8 @@
 """Features, and scoring of profiles with a per-store bundle: pure pandas, DataFrame in and out.
 
-The feature code here is the only feature code: training (:mod:`storeml.models.training`) and the
-stream call the same functions, so a model never sees features computed another way.
+The feature code lives in :mod:`storeml.models.features` (re-exported here): training
+(:mod:`storeml.models.training`) and the stream call the same functions, so a model never sees
+features computed another way.
 
 Scoring groups rows by store and calls ``predict_proba`` once per store that has a model of its
 own, plus once for all rows served by the global fallback, never once per row. The fallback rule,
@@ -23,6 +24,12 @@ import numpy as np
 import pandas as pd
 
 from storeml.errors import ModelError
+from storeml.models.features import (
+    CUSTOMER_FEATURES,
+    NO_ORDER_DAYS,
+    customer_features,
+    product_text,
+)
 
 if TYPE_CHECKING:
     from storeml.connectors.mlflow_registry import ModelHandle
@@ -38,80 +45,8 @@ __all__ = [
     "score_products",
 ]
 
-#: Days-since-last-order given to customers who never ordered (the profile says null).
-NO_ORDER_DAYS = 3650.0
 #: Predicted categories per uncategorised product.
 TOP_K = 5
-
-#: Columns of :func:`customer_features`, in order (models are trained on this order).
-CUSTOMER_FEATURES: tuple[str, ...] = (
-    "order_count",
-    "log_total_spend",
-    "log_avg_order_value",
-    "days_since_last_order",
-    "days_active",
-    "has_ordered",
-    "log_product_views",
-    "top_category_count",
-    "top_category_share",
-)
-
-
-def _numeric(profiles: pd.DataFrame, column: str) -> pd.Series:
-    if column not in profiles:
-        return pd.Series(np.nan, index=profiles.index, dtype="float64")
-    return pd.to_numeric(profiles[column], errors="coerce").astype("float64")
-
-
-def customer_features(profiles: pd.DataFrame) -> pd.DataFrame:
-    """Numeric model features of customer profiles (columns :data:`CUSTOMER_FEATURES`).
-
-    Reads the columns :func:`storeml.models.profiles.customer_profiles` produces (or their
-    Avro-decoded form, with None for nulls). Never NaN: a customer without orders gets
-    ``days_since_last_order`` = :data:`NO_ORDER_DAYS` and zero money features.
-    """
-    orders = _numeric(profiles, "order_count").fillna(0.0)
-    spend = _numeric(profiles, "total_spend_minor").fillna(0.0).clip(lower=0)
-    avg = _numeric(profiles, "avg_order_value_minor").fillna(0.0).clip(lower=0)
-    since = _numeric(profiles, "days_since_last_order").fillna(NO_ORDER_DAYS)
-    first = _numeric(profiles, "first_order_time")
-    last_event = _numeric(profiles, "last_event_time")
-    active = ((last_event - first) / 86_400_000.0).fillna(0.0).clip(lower=0)
-    views = _numeric(profiles, "product_views").fillna(0.0).clip(lower=0)
-    if "top_categories" in profiles:
-        tops = profiles["top_categories"]
-        count = tops.map(lambda t: len(t) if t is not None else 0).astype("float64")
-        share = tops.map(
-            lambda t: float(t[0]["share"]) if t is not None and len(t) else 0.0
-        ).astype("float64")
-    else:
-        count = share = pd.Series(0.0, index=profiles.index)
-    out = pd.DataFrame(
-        {
-            "order_count": orders,
-            "log_total_spend": np.log1p(spend),
-            "log_avg_order_value": np.log1p(avg),
-            "days_since_last_order": since,
-            "days_active": active,
-            "has_ordered": (orders > 0).astype("float64"),
-            "log_product_views": np.log1p(views),
-            "top_category_count": count,
-            "top_category_share": share,
-        },
-        index=profiles.index,
-    )
-    return out[list(CUSTOMER_FEATURES)]
-
-
-def product_text(profiles: pd.DataFrame) -> pd.Series:
-    """The text a product is categorised by: title and description (missing parts empty)."""
-    def part(column: str) -> pd.Series:
-        if column not in profiles:
-            return pd.Series("", index=profiles.index, dtype=object)
-        values = profiles[column]
-        return values.where(values.notna(), "").astype(str)
-
-    return (part("title") + " " + part("description")).str.strip()
 
 
 def _model_name(

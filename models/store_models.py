@@ -349,8 +349,10 @@ class ModelCache:
         self.counters = CacheStats()
         self._lru = _StoreLRU(cache_size, self.counters)
         self.max_versions = max_versions
-        self.cache_dir = Path(cache_dir) if cache_dir else (
-            Path(tempfile.gettempdir()) / f"storeml-models-{_user()}"
+        self.cache_dir = (
+            Path(cache_dir)
+            if cache_dir
+            else (Path(tempfile.gettempdir()) / f"storeml-models-{_user()}")
         )
         self._bundles: OrderedDict[tuple[str, str, str], StoreModelBundle] = OrderedDict()
         self._lock = threading.RLock()

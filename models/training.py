@@ -4,7 +4,12 @@ Training sets are built with the stream's own code: :func:`customer_training_set
 before a cutoff with :func:`storeml.models.profiles.fold` / ``apply_delta`` /
 ``customer_profiles`` (exactly what the stream publishes) and labels a customer 1 when they order
 again at or after the cutoff; :func:`product_training_set` takes categorised products' latest
-title/description. Features come from :mod:`storeml.models.scoring`, shared with scoring.
+title/description. Features come from :mod:`storeml.models.features`, shared with scoring.
+
+A model package (:mod:`storeml.models.package`) drives the same fit through
+:func:`package_training_set` and :func:`fit_package_models`: each store's model is the package's
+:class:`~storeml.models.base.PackagedModel`, fitted on exactly the input the stream passes to
+``predict_proba`` (:func:`storeml.models.features.base_array`).
 
 :func:`fit_store_models` fits one small estimator per store with enough examples of at least two
 classes (a stratified per-store train/test split, seeded per store so a store's split does not
@@ -19,12 +24,13 @@ from __future__ import annotations
 import warnings
 import zlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from storeml.errors import ModelError
+from storeml.models.features import base_array, customer_features, product_text
 from storeml.models.profiles import (
     CUSTOMER_KEY,
     ProfileState,
@@ -33,7 +39,9 @@ from storeml.models.profiles import (
     fold,
     product_profiles,
 )
-from storeml.models.scoring import customer_features, product_text
+
+if TYPE_CHECKING:
+    from storeml.models.package import ModelPackage
 
 __all__ = [
     "LABEL",
@@ -47,6 +55,8 @@ __all__ = [
     "fit_store_models",
     "fit_customer_models",
     "fit_product_models",
+    "package_training_set",
+    "fit_package_models",
     "summarise_metrics",
     "compact",
 ]
@@ -207,6 +217,11 @@ def compact(estimator: Any) -> Any:
     probabilities stored as float32; a vectorizer's ``stop_words_`` (terms cut by the vocabulary
     bound, kept only for inspection) is dropped. This halves a store's product model.
     """
+    inner = getattr(estimator, "inner_estimators", None)
+    if callable(inner):  # a PackagedModel: compact the scikit-learn objects inside
+        for item in inner():
+            compact(item)
+        return estimator
     steps = [step for _, step in getattr(estimator, "steps", [])] or [estimator]
     for step in steps:
         if hasattr(step, "stop_words_"):
@@ -333,6 +348,44 @@ def fit_product_models(training_set: pd.DataFrame, **options: Any) -> FitResult:
         make_global=lambda: make_product_estimator(scope="global"),
         metric=product_metrics,
         **options,
+    )
+
+
+def package_training_set(
+    package: ModelPackage, facts: pd.DataFrame, cutoff_ms: int
+) -> pd.DataFrame:
+    """The training set of ``package``'s kind (customer labels use ``model.training.horizon_days``)."""
+    if package.kind == "customer":
+        days = package.config.model.training.horizon_days
+        horizon = None if days is None else int(days * 86_400_000)
+        return customer_training_set(facts, cutoff_ms, horizon_ms=horizon)
+    return product_training_set(facts, cutoff_ms)
+
+
+def fit_package_models(
+    package: ModelPackage, training_set: pd.DataFrame, **options: Any
+) -> FitResult:
+    """:func:`fit_store_models` with the package's model, features and training options.
+
+    ``options`` override ``model.training`` of the package (``min_examples``, ``seed``...).
+    Every store model and the global model is a fresh ``package.build_model(scope)``.
+    """
+    training = package.config.model.training
+    settings: dict[str, Any] = {
+        "min_examples": training.min_examples,
+        "min_class_examples": training.min_class_examples,
+        "test_size": training.test_size,
+        "seed": training.seed,
+    }
+    settings.update(options)
+    kind = package.kind
+    return fit_store_models(
+        training_set,
+        features=lambda f: base_array(kind, f),
+        make_estimator=lambda: package.build_model("store"),
+        make_global=lambda: package.build_model("global"),
+        metric=customer_metrics if kind == "customer" else product_metrics,
+        **settings,
     )
 
 

@@ -143,9 +143,7 @@ def model_settings(mlflow_uris: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def trained(
-    model_settings: Settings, history: tuple[pd.DataFrame, int]
-) -> dict[str, ModelHandle]:
+def trained(model_settings: Settings, history: tuple[pd.DataFrame, int]) -> dict[str, ModelHandle]:
     """One training of both kinds, registered with the alias ``champion``."""
     from storeml.batch.train import train_and_register
 
@@ -291,9 +289,12 @@ def test_model_cache_downloads_remote_sources_once_and_keeps_few_versions(
     cache = ModelCache(cache_dir=tmp_path / "cache", max_versions=2)
     bundle = cache.bundle(remote, s.tracking_uri, s.registry_uri)
     assert Path(bundle.folder).is_relative_to(tmp_path / "cache")
-    assert bundle.stores == StoreModelBundle(
-        Path(handle.source.removeprefix("file://")) / "artifacts" / "stores"
-    ).stores
+    assert (
+        bundle.stores
+        == StoreModelBundle(
+            Path(handle.source.removeprefix("file://")) / "artifacts" / "stores"
+        ).stores
+    )
     again = ModelCache(cache_dir=tmp_path / "cache").bundle(remote, s.tracking_uri)
     assert again.folder == bundle.folder  # another process of the host reuses the download
     assert cache.stats()["downloads"] == 1
@@ -324,8 +325,13 @@ def test_scoring_calls_predict_once_per_store_and_falls_back_to_global(tmp_path:
 
     assert CountingEstimator.calls == {"a": 1, "b": 1, "global": 1}
     assert CountingEstimator.rows == {"a": 40, "b": 25, "global": 15}
-    expected = {"a": (0.9, "store"), "b/with slash": (0.8, "store"), "c": (0.4, "global"),
-                "d": (0.4, "global"), "e": (0.4, "global")}
+    expected = {
+        "a": (0.9, "store"),
+        "b/with slash": (0.8, "store"),
+        "c": (0.4, "global"),
+        "d": (0.4, "global"),
+        "e": (0.4, "global"),
+    }
     for store, propensity, ref in zip(
         scored["store_id"], scored["propensity"], scored["model"], strict=True
     ):
@@ -343,8 +349,13 @@ def test_no_model_publishes_rows_unscored(tmp_path: Path) -> None:
         for m in scored["model"]
     )
     products = pd.DataFrame(
-        {"store_id": ["a", "a"], "product_id": ["p1", "p2"], "title": ["red shoe", "x"],
-         "description": [None, None], "category": [None, "toys"]}
+        {
+            "store_id": ["a", "a"],
+            "product_id": ["p1", "p2"],
+            "title": ["red shoe", "x"],
+            "description": [None, None],
+            "category": [None, "toys"],
+        }
     )
     scored = score_products(products, None, None, model_name="cat")
     assert scored["predicted_categories"].tolist() == [[], []]
@@ -352,8 +363,11 @@ def test_no_model_publishes_rows_unscored(tmp_path: Path) -> None:
 
     # a bundle without a global model: stores without their own model stay unscored
     folder = write_bundle(
-        tmp_path / "b", kind="customer", features=CUSTOMER_FEATURES,
-        store_models={"a": CountingEstimator("a")}, global_model=None,
+        tmp_path / "b",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models={"a": CountingEstimator("a")},
+        global_model=None,
     )
     scored = score_customers(profiles, StoreModelBundle(folder), None, model_name="m")
     scopes = dict(zip(scored["store_id"], (m["scope"] for m in scored["model"]), strict=True))
@@ -364,7 +378,9 @@ def test_no_model_publishes_rows_unscored(tmp_path: Path) -> None:
 def test_product_scoring_ranks_top_five_for_uncategorised_only(tmp_path: Path) -> None:
     classes = ("apparel", "books", "garden", "home", "shoes", "toys", "pet")
     folder = write_bundle(
-        tmp_path / "b", kind="product", features=("title", "description"),
+        tmp_path / "b",
+        kind="product",
+        features=("title", "description"),
         store_models={"s1": CountingEstimator("s1", classes=classes, first=0.5)},
         global_model=CountingEstimator("global", classes=classes[:3], first=0.5),
     )
@@ -384,8 +400,13 @@ def test_product_scoring_ranks_top_five_for_uncategorised_only(tmp_path: Path) -
     assert [p["rank"] for p in predicted[0]] == [0, 1, 2, 3, 4]
     assert [m["scope"] for m in scored["model"]] == ["store", "none", "none", "global", "global"]
     assert CountingEstimator.calls == {"s1": 1, "global": 1}
-    assert product_text(products).tolist() == ["red shoe leather", "novel", "", "rake garden",
-                                               "spade"]
+    assert product_text(products).tolist() == [
+        "red shoe leather",
+        "novel",
+        "",
+        "rake garden",
+        "spade",
+    ]
 
 
 def test_lru_bound_holds_with_thousands_of_stores(tmp_path: Path) -> None:
@@ -421,15 +442,26 @@ def test_process_cache_is_a_picklable_singleton() -> None:
 # --- training sets and fitting ---------------------------------------------------------------
 def test_customer_training_set_labels_repeat_purchases() -> None:
     def order(customer: str, t: int, offset: int) -> tuple[str, dict[str, Any], str, int, int]:
-        record = {"store_id": "s", "customer_id": customer, "order_id": f"o{offset}",
-                  "event_time": t, "currency": "USD",
-                  "lines": [{"product_id": "p", "category": "toys", "quantity": 1,
-                             "unit_price_minor": 500}]}
+        record = {
+            "store_id": "s",
+            "customer_id": customer,
+            "order_id": f"o{offset}",
+            "event_time": t,
+            "currency": "USD",
+            "lines": [
+                {"product_id": "p", "category": "toys", "quantity": 1, "unit_price_minor": 500}
+            ],
+        }
         return ORDER, record, "orders", 0, offset
 
     facts = facts_from_events(
-        [order("again", 10, 0), order("once", 20, 1), order("again", 120, 2),
-         order("late", 150, 3), order("again", 30, 4)]
+        [
+            order("again", 10, 0),
+            order("once", 20, 1),
+            order("again", 120, 2),
+            order("late", 150, 3),
+            order("again", 30, 4),
+        ]
     )
     training = customer_training_set(facts, cutoff_ms=100)
     labels = dict(zip(training["customer_id"], training["label"], strict=True))
