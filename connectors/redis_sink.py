@@ -34,7 +34,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
-_JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source"}
+_JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source", "shadow"}
 
 
 def profile_key(prefix: str, kind: str, store_id: str, entity_id: str) -> str:

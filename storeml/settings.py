@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="Registered model predicting the top-5 categories of uncategorised products.",
     )
     serving_alias: str = Field(default="champion", description="Registry alias the stream serves.")
+    shadow_alias: str = Field(
+        default="challenger",
+        description="Registry alias scored in shadow beside the served model (its scores go to"
+        " the profiles' `shadow` field, never to the served fields); empty disables shadow scoring.",
+    )
     model_cache_size: int = Field(
         default=2048,
         ge=1,

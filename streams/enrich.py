@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ log = logging.getLogger("storeml.stream")
 METRICS_SCHEMA = (
     "bucket int, facts long, customers long, products long, kafka_records long,"
     " redis_written long, redis_skipped long, state_s double, fold_s double, score_s double,"
-    " encode_s double, kafka_s double, redis_s double, models string"
+    " encode_s double, kafka_s double, redis_s double, models string, pid long, cache string"
 )
 
 
@@ -63,6 +64,7 @@ class JobContext:
     customer_model: str
     product_model: str
     serving_alias: str
+    shadow_alias: str
     model_cache_size: int
     transactional_prefix: str | None
 
@@ -87,6 +89,7 @@ def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext
         customer_model=settings.customer_model,
         product_model=settings.product_model,
         serving_alias=settings.serving_alias,
+        shadow_alias=settings.shadow_alias,
         model_cache_size=settings.model_cache_size,
         transactional_prefix=(
             f"storeml-enrich-{abs(hash(root)) % 10**8}" if settings.kafka_transactions else None
@@ -208,6 +211,7 @@ CUSTOMER_FIELDS = [
     "propensity",
     "model",
     "source",
+    "shadow",
 ]
 PRODUCT_FIELDS = [
     "store_id",
@@ -225,6 +229,7 @@ PRODUCT_FIELDS = [
     "predicted_categories",
     "model",
     "source",
+    "shadow",
 ]
 
 
@@ -237,12 +242,20 @@ def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
         ("storeml.profile_version", str(record["profile_version"]).encode()),
         ("storeml.source", json.dumps(ranges, separators=(",", ":")).encode()),
         ("storeml.schema", schema.encode()),
-        ("storeml.model", f"{model['name']}:{model['version'] or 'none'}".encode()),
-    ]
+        ("storeml.model", _model_label(model).encode()),
+    ] + (
+        [("storeml.shadow_model", _model_label(record["shadow"]["model"]).encode())]
+        if record.get("shadow")
+        else []
+    )
+
+
+def _model_label(model: dict[str, Any]) -> str:
+    return f"{model['name']}:{model['version'] or 'none'}"
 
 
 def enrich_bucket(
-    ctx: JobContext, batch_id: int, handles: dict[str, Any]
+    ctx: JobContext, batch_id: int, handles: dict[str, Any], shadows: dict[str, Any]
 ) -> Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame]:
     """applyInPandas function: one state bucket's facts -> state, scores, sinks; returns metrics."""
 
@@ -258,7 +271,7 @@ def enrich_bucket(
             product_profiles,
             to_records,
         )
-        from storeml.models.scoring import score_customers, score_products
+        from storeml.models.serving import Scorer, score_kind
         from storeml.models.store_models import get_model_cache
         from storeml.schemas.codec import get_codec
 
@@ -285,21 +298,25 @@ def enrich_bucket(
         lap("state_s")
 
         cache = get_model_cache(ctx.model_cache_size)
-        bundles = {}
-        for kind, handle in handles.items():
-            bundles[kind] = (
-                cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri)
-                if handle is not None
-                else None
-            )
-        customers = score_customers(
+
+        def scorer(handle: Any) -> Scorer:
+            if handle is None:
+                return Scorer(None, None)
+            return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
+
+        customers = score_kind(
+            "customer",
             customers,
-            bundles.get("customer"),
-            handles.get("customer"),
+            scorer(handles.get("customer")),
+            scorer(shadows.get("customer")),
             model_name=ctx.customer_model,
         )
-        products = score_products(
-            products, bundles.get("product"), handles.get("product"), model_name=ctx.product_model
+        products = score_kind(
+            "product",
+            products,
+            scorer(handles.get("product")),
+            scorer(shadows.get("product")),
+            model_name=ctx.product_model,
         )
         lap("score_s")
 
@@ -338,10 +355,7 @@ def enrich_bucket(
         pw, ps = redis_sink.write("product", product_records, "product_id")
         lap("redis_s")
 
-        versions = {
-            kind: (f"{h.name}:{h.version}" if h is not None else "none")
-            for kind, h in handles.items()
-        }
+        versions = _versions(handles, shadows)
         return pd.DataFrame(
             [
                 {
@@ -364,11 +378,40 @@ def enrich_bucket(
                         )
                     },
                     "models": json.dumps(versions, sort_keys=True),
+                    "pid": os.getpid(),
+                    "cache": json.dumps(cache.stats(), sort_keys=True),
                 }
             ]
         )
 
     return run
+
+
+def _versions(handles: dict[str, Any], shadows: dict[str, Any]) -> dict[str, str]:
+    """``{"customer": "name:version", "customer.shadow": ...}`` (``none`` when unresolved)."""
+    out = {
+        kind: (f"{h.name}:{h.version}" if h is not None else "none") for kind, h in handles.items()
+    }
+    out.update({f"{kind}.shadow": f"{h.name}:{h.version}" for kind, h in shadows.items() if h})
+    return out
+
+
+def _cache_totals(metrics: list[Any]) -> dict[str, float]:
+    """Model-cache counters summed over the worker processes that ran this batch's tasks.
+
+    Each task reports its process's cumulative counters; the last report per process counts.
+    """
+    latest: dict[int, dict[str, float]] = {}
+    for row in metrics:
+        latest[int(row.pid)] = json.loads(row.cache)
+    totals: dict[str, float] = {}
+    for stats in latest.values():
+        for name, value in stats.items():
+            totals[name] = totals.get(name, 0) + value
+    lookups = totals.get("hits", 0) + totals.get("misses", 0)
+    totals["hit_rate"] = totals.get("hits", 0) / lookups if lookups else 1.0
+    totals["processes"] = len(latest)
+    return totals
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -387,6 +430,7 @@ class BatchReport:
     seconds: float
     stages: dict[str, float]
     models: dict[str, str]
+    model_cache: dict[str, float]
 
 
 class EnrichBatch:
@@ -399,18 +443,19 @@ class EnrichBatch:
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
 
-    def resolve_models(self) -> dict[str, Any]:
-        """Current alias targets (driver side; a few ms)."""
+    def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
+        """Current targets of ``alias`` (default: the served one) per kind (driver side; a few ms).
+
+        An empty alias (shadow scoring disabled) resolves to no model.
+        """
         from storeml.connectors.mlflow_registry import resolve_alias
 
         ctx = self.ctx
+        alias = ctx.serving_alias if alias is None else alias
+        models = {"customer": ctx.customer_model, "product": ctx.product_model}
         return {
-            "customer": resolve_alias(
-                ctx.tracking_uri, ctx.registry_uri, ctx.customer_model, ctx.serving_alias
-            ),
-            "product": resolve_alias(
-                ctx.tracking_uri, ctx.registry_uri, ctx.product_model, ctx.serving_alias
-            ),
+            kind: resolve_alias(ctx.tracking_uri, ctx.registry_uri, name, alias) if alias else None
+            for kind, name in models.items()
         }
 
     def __call__(self, raw: Any, batch_id: int) -> None:
@@ -424,13 +469,14 @@ class EnrichBatch:
             spark_context.accumulator(0.0),
         )
         handles = self.resolve_models()
+        shadows = self.resolve_models(self.ctx.shadow_alias)
         resolve_s = time.perf_counter() - started
         facts = raw.select("topic", "partition", "offset", "key", "value").mapInPandas(
             decode_batches(self.ctx, counters), FACT_SPARK_SCHEMA
         )
         metrics = (
             facts.groupBy("bucket")
-            .applyInPandas(enrich_bucket(self.ctx, batch_id, handles), METRICS_SCHEMA)
+            .applyInPandas(enrich_bucket(self.ctx, batch_id, handles, shadows), METRICS_SCHEMA)
             .collect()
         )
         stages = {"resolve_models_s": resolve_s, "decode_s": counters[2].value}
@@ -447,11 +493,13 @@ class EnrichBatch:
             redis_skipped=sum(row.redis_skipped for row in metrics),
             seconds=time.perf_counter() - started,
             stages=stages,
-            models={k: (f"{h.name}:{h.version}" if h else "none") for k, h in handles.items()},
+            models=_versions(handles, shadows),
+            model_cache=_cache_totals(metrics),
         )
         self.reports.append(report)
         log.info(
-            "batch %d: %d events (%d dead letters) -> %d customer, %d product profiles in %.2fs; models %s",
+            "batch %d: %d events (%d dead letters) -> %d customer, %d product profiles in %.2fs;"
+            " models %s; model cache hit rate %.3f, %d store models in memory",
             batch_id,
             report.events,
             report.dead_letters,
@@ -459,6 +507,8 @@ class EnrichBatch:
             report.products,
             report.seconds,
             report.models,
+            report.model_cache["hit_rate"],
+            report.model_cache.get("store_models", 0),
         )
         if self.on_batch is not None:
             self.on_batch(report)

@@ -92,8 +92,34 @@ def test_errors_are_ours_and_explain() -> None:
 def test_codec_pickles_for_spark_closures() -> None:
     import pickle
 
-    codec = pickle.loads(pickle.dumps(get_codec("customer_profile")))
-    assert (
-        codec.version == 1
-        and codec.current.fingerprint == get_codec("customer_profile").current.fingerprint
-    )
+    original = get_codec("customer_profile")
+    codec = pickle.loads(pickle.dumps(original))
+    assert codec.version == original.version
+    assert codec.current.fingerprint == original.current.fingerprint
+
+
+def test_profile_written_before_shadow_scores_decodes_with_shadow_null() -> None:
+    """customer_profile v1 (before the ``shadow`` field) resolves against v2: shadow is null."""
+    codec = get_codec("customer_profile")
+    assert codec.version >= 2
+    profile = {
+        "store_id": "s1",
+        "customer_id": "c1",
+        "profile_version": 3,
+        "order_count": 2,
+        "total_spend_minor": 1234,
+        "avg_order_value_minor": 617.0,
+        "first_order_time": 1_700_000_000_000,
+        "last_order_time": 1_700_000_100_000,
+        "last_event_time": 1_700_000_200_000,
+        "days_since_last_order": 0.5,
+        "top_categories": [{"category": "shoes", "spend_minor": 1234, "share": 1.0}],
+        "product_views": 1,
+        "propensity": 0.25,
+        "model": {"name": "m", "version": "4", "scope": "store"},
+        "source": [{"topic": "orders", "partition": 0, "first_offset": 5, "last_offset": 7}],
+    }
+    old = codec.decode(codec.encode(profile, version=1))
+    assert old == {**profile, "shadow": None}
+    shadow = {"model": {"name": "m", "version": "5", "scope": "global"}, "propensity": 0.5}
+    assert codec.decode(codec.encode({**profile, "shadow": shadow}))["shadow"] == shadow
