@@ -1,18 +1,23 @@
 """A running stream follows registry aliases: hot swap of the champion, shadow scoring of the challenger.
 
-Real broker, Spark, MLflow (SQLite) and Redis. One streaming query runs through the whole test
-(no restart) while a data scientist's plain ``MlflowClient`` call moves ``champion`` to the
-challenger's version and drops ``challenger``.
+Real broker, Spark, MLflow (SQLite) and Redis. The champion is the built-in per-store models; the
+challenger is trained from the example model packages (``examples/packages``, one with a custom
+predictor class whose code travels inside the store files to the Spark workers). One streaming
+query runs through the whole test (no restart) while a data scientist's plain ``MlflowClient`` call
+moves ``champion`` to the challenger's version and drops ``challenger``.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
@@ -25,6 +30,17 @@ from tests.reference import assert_profiles_match, reference_profiles
 from tests.test_stream_e2e import _topics, input_events
 
 pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "packages"
+
+
+def _package(tmp_path: Path, example: str, name: str) -> Path:
+    """A copy of an example package registering under ``name``."""
+    folder = shutil.copytree(EXAMPLES / example, tmp_path / example)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["model"]["name"] = name
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
 
 
 def _wait(condition: Callable[[], bool], what: str, query: Any, timeout: float = 300) -> None:
@@ -65,11 +81,12 @@ def _phase(record: dict[str, Any], ends: dict[tuple[str, int], int]) -> int:
 
 
 def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
-    spark: Any, settings: Settings, unique: str
+    spark: Any, settings: Settings, unique: str, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 
-    from storeml.batch.history import train_on_synthetic
+    from storeml.batch.history import synthetic_facts, train_on_synthetic
+    from storeml.batch.train import train_package
     from storeml.streams.enrich import start_enrichment
 
     settings = settings.model_copy(
@@ -80,7 +97,17 @@ def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
         }
     )
     old = train_on_synthetic(settings, stores=5, events=4_000, seed=3)  # -> @champion
-    new = train_on_synthetic(settings, stores=5, events=4_000, seed=4, alias="challenger")
+    facts, cutoff = synthetic_facts(stores=5, events=4_000, seed=4)
+    new = {
+        kind: train_package(
+            settings,
+            _package(tmp_path, example, getattr(settings, f"{kind}_model")),
+            facts,
+            cutoff,
+            alias="challenger",
+        )
+        for kind, example in (("customer", "customer_propensity"), ("product", "product_category"))
+    }
     names = {kind: handle.name for kind, handle in old.items()}
     ensure_topics(settings.kafka_config(), _topics(settings), 2)
     events = list(generate(GeneratorConfig(stores=5, events=5_000, seed=8)))
