@@ -210,14 +210,25 @@ def train_package(
 
     The registered model (and the MLflow experiment) is named ``model.name`` of the package;
     ``alias`` (None: no alias) points at the new version. ``stores`` limits training to those
-    stores. ``fit_options`` override ``model.training`` (``min_examples``, ``seed``...).
+    stores (the global fallback then learns from them only); a store without history is an
+    error, not silently skipped. ``fit_options`` override ``model.training`` (``min_examples``,
+    ``seed``...).
     Raises :class:`~storeml.models.package.PackageError` for an invalid package and
     :class:`ModelError` when the history holds fewer than two classes.
     """
     package = package_dir if isinstance(package_dir, ModelPackage) else load_package(package_dir)
     configure(settings.tracking_uri, settings.registry_uri)
     if stores is not None:
-        facts = facts[facts["store_id"].isin(set(stores))]
+        wanted = set(stores)
+        present = set(facts["store_id"].astype(str).unique())
+        unknown = sorted(wanted - present)
+        if unknown:
+            some = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
+            raise ModelError(
+                f"cannot train {package.name!r} for store(s) {', '.join(unknown)}: no history"
+                f" for them ({len(present)} stores have history: {some}); check the store ids"
+            )
+        facts = facts[facts["store_id"].isin(wanted)]
     training_options = package.config.model.training.model_dump(exclude={"horizon_days"})
     options = {**training_options, **fit_options}
     model = package.config.model

@@ -6,6 +6,12 @@ folder holds one small model file per store plus a global fallback (see
 :mod:`storeml.models.store_models`). The alias ``settings.serving_alias`` ("champion") names the
 version the stream serves.
 
+The model lifecycle (``storeml models promote / compare / list``) reads the registry through
+:func:`get_version`, :func:`promote`, :func:`list_models` and :func:`read_run_table` (a run's
+CSV artifact, such as the per-store metrics every training logs at
+:data:`STORE_METRICS_ARTIFACT`); they raise :class:`ModelError` naming the model, version or alias
+that does not exist and what does.
+
 The stream calls :func:`resolve_alias` on the driver once per micro-batch (one registry call,
 a few milliseconds) and ships the small, picklable :class:`ModelHandle` to executors, which open
 the bundle through the per-process :func:`storeml.models.store_models.get_model_cache`; so a moved
@@ -17,6 +23,7 @@ module is cheap. Clients are created on first use and kept per (tracking, regist
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -27,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from storeml.errors import ConnectorError, ModelError
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
 __all__ = [
@@ -38,8 +46,17 @@ __all__ = [
     "register_bundle",
     "set_alias",
     "resolve_alias",
+    "RegisteredModelInfo",
+    "get_model_info",
+    "list_models",
+    "get_version",
+    "resolve_version",
+    "promote",
+    "read_run_table",
     "BUNDLE_ARTIFACT_PATH",
     "BUNDLE_STORES_KEY",
+    "STORE_METRICS_ARTIFACT",
+    "SPLITS_ARTIFACT",
 ]
 
 #: ``name`` given to ``mlflow.pyfunc.log_model`` for the bundle of a run.
@@ -47,6 +64,10 @@ BUNDLE_ARTIFACT_PATH = "bundle"
 #: Key of the per-store folder in the pyfunc's ``artifacts``; it lands at
 #: ``<model root>/artifacts/<BUNDLE_STORES_KEY>``.
 BUNDLE_STORES_KEY = "stores"
+#: Run artifact with one row of test metrics per store (written by every training).
+STORE_METRICS_ARTIFACT = "metrics/store_metrics.csv"
+#: Run artifact with the train/test split of every training row.
+SPLITS_ARTIFACT = "metrics/splits.csv"
 
 _clients: dict[tuple[str, str], MlflowClient] = {}
 _download_uris: dict[tuple[str, str, str], str] = {}
@@ -260,3 +281,182 @@ def resolve_alias(
         source=source,
         run_id=version.run_id,
     )
+
+
+# --- lifecycle: list, look up, promote, read run artifacts -------------------------------------
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    """A registered model as ``storeml models list`` shows it.
+
+    ``aliases`` maps alias -> version; ``versions`` are the version numbers, oldest first.
+    """
+
+    name: str
+    description: str
+    aliases: dict[str, str]
+    versions: tuple[str, ...]
+
+    @property
+    def latest(self) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+    def describe(self) -> str:
+        """``versions 1-3; aliases champion -> 1, challenger -> 3`` (for messages)."""
+        versions = ", ".join(self.versions) or "none"
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(self.aliases.items())) or "none"
+        return f"versions: {versions}; aliases: {aliases}"
+
+
+def _info(client: MlflowClient, model: Any) -> RegisteredModelInfo:
+    versions = client.search_model_versions(f"name='{model.name}'")
+    numbers = sorted((str(v.version) for v in versions), key=int)
+    aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
+    return RegisteredModelInfo(model.name, model.description or "", aliases, tuple(numbers))
+
+
+def get_model_info(
+    tracking_uri: str, registry_uri: str | None, name: str
+) -> RegisteredModelInfo | None:
+    """Model ``name`` with its aliases and versions, or None when it is not registered."""
+    import mlflow
+
+    client = get_client(tracking_uri, registry_uri)
+    try:
+        return _info(client, client.get_registered_model(name))
+    except mlflow.exceptions.MlflowException as exc:
+        if _error_code(exc) in _MISSING:
+            return None
+        raise ConnectorError(
+            f"cannot read model {name!r} from the MLflow registry"
+            f" {registry_uri or tracking_uri}: {exc}"
+        ) from exc
+
+
+def list_models(
+    tracking_uri: str, registry_uri: str | None, contains: str = ""
+) -> list[RegisteredModelInfo]:
+    """Every registered model whose name contains ``contains``, sorted by name.
+
+    One registry call for the models and one per model for its versions.
+    """
+    import mlflow
+
+    client = get_client(tracking_uri, registry_uri)
+    try:
+        models: list[Any] = []
+        token = None
+        while True:
+            page = client.search_registered_models(max_results=200, page_token=token)
+            models.extend(m for m in page if contains.lower() in m.name.lower())
+            token = page.token
+            if not token:
+                break
+        return sorted((_info(client, m) for m in models), key=lambda m: m.name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConnectorError(
+            f"cannot list models in the MLflow registry {registry_uri or tracking_uri}: {exc}"
+        ) from exc
+
+
+def _not_registered(tracking_uri: str, registry_uri: str | None, name: str) -> ModelError:
+    known = [m.name for m in list_models(tracking_uri, registry_uri)]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ModelError(
+        f"no registered model {name!r} in {registry_uri or tracking_uri}; {hint}registered:"
+        f" {', '.join(known) or 'none'} (train one with `storeml models train PACKAGE`)"
+    )
+
+
+def get_version(
+    tracking_uri: str, registry_uri: str | None, name: str, version: str | int
+) -> ModelHandle:
+    """Version ``version`` of model ``name``; :class:`ModelError` names what exists instead."""
+    import mlflow
+
+    client = get_client(tracking_uri, registry_uri)
+    try:
+        found = client.get_model_version(name, str(version))
+        source = client.get_model_version_download_uri(name, found.version)
+    except mlflow.exceptions.MlflowException as exc:
+        if _error_code(exc) not in (*_MISSING, "INVALID_PARAMETER_VALUE"):
+            raise ConnectorError(f"cannot read {name} version {version}: {exc}") from exc
+        info = get_model_info(tracking_uri, registry_uri, name)
+        if info is None:
+            raise _not_registered(tracking_uri, registry_uri, name) from exc
+        raise ModelError(
+            f"model {name!r} has no version {version!r} ({info.describe()}); pick one of its"
+            " versions"
+        ) from exc
+    return ModelHandle(
+        name=name, version=str(found.version), alias=None, source=source, run_id=found.run_id
+    )
+
+
+def resolve_version(
+    tracking_uri: str, registry_uri: str | None, name: str, ref: str
+) -> ModelHandle:
+    """``ref`` of model ``name``: a version number (``"3"``) or an alias (``"champion"``).
+
+    Unlike :func:`resolve_alias` (which the stream calls and which returns None), a missing
+    model, version or alias raises :class:`ModelError` listing the model's versions and aliases.
+    """
+    if ref.isdigit():
+        return get_version(tracking_uri, registry_uri, name, ref)
+    handle = resolve_alias(tracking_uri, registry_uri, name, ref)
+    if handle is not None:
+        return handle
+    info = get_model_info(tracking_uri, registry_uri, name)
+    if info is None:
+        raise _not_registered(tracking_uri, registry_uri, name)
+    raise ModelError(
+        f"model {name!r} has no alias {ref!r} ({info.describe()}); point it at a version with"
+        f" `storeml models promote {name} --version V --alias {ref}` or train one with"
+        f" `storeml models train PACKAGE --alias {ref}`"
+    )
+
+
+def promote(
+    tracking_uri: str, registry_uri: str | None, name: str, version: str | int, alias: str
+) -> tuple[ModelHandle | None, ModelHandle]:
+    """Point ``alias`` of ``name`` at ``version``; returns (the version it left or None, the new).
+
+    The version must exist (:class:`ModelError` lists the model's versions otherwise). A stream
+    serving ``alias`` serves the new version from its next micro-batch.
+    """
+    target = get_version(tracking_uri, registry_uri, name, version)
+    previous = resolve_alias(tracking_uri, registry_uri, name, alias)
+    set_alias(tracking_uri, registry_uri, name, alias, target.version)
+    return previous, ModelHandle(
+        name=name, version=target.version, alias=alias, source=target.source, run_id=target.run_id
+    )
+
+
+def read_run_table(
+    tracking_uri: str,
+    run_id: str,
+    artifact_path: str = STORE_METRICS_ARTIFACT,
+    *,
+    text_columns: Sequence[str] = ("store_id",),
+) -> pd.DataFrame:
+    """The CSV artifact ``artifact_path`` of run ``run_id`` as a DataFrame.
+
+    ``text_columns`` are read as strings (store ids such as ``"007"`` stay as written).
+    :class:`ModelError` when the run has no such artifact (e.g. a version registered by hand).
+    """
+    import mlflow
+    import pandas as pd
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, tracking_uri=tracking_uri
+        )
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise ModelError(
+            f"run {run_id} has no artifact {artifact_path!r} ({exc}); only versions trained by"
+            " storeml (`storeml models train`, `storeml train`) log it"
+        ) from exc
+    return pd.read_csv(local, dtype=dict.fromkeys(text_columns, str))

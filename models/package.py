@@ -395,6 +395,19 @@ def _read_yaml(path: Path) -> Any:
                 )
             ],
         ) from exc
+    if data is None:
+        raise PackageError(
+            path.parent,
+            [
+                Problem(
+                    CONFIG_FILE,
+                    "",
+                    "is empty",
+                    "write the three sections model:, features: and prediction: (start from"
+                    f" examples/packages/, see {DOCS})",
+                )
+            ],
+        )
     if not isinstance(data, dict):
         raise PackageError(
             path.parent,
@@ -648,6 +661,18 @@ def _check_params(cls: Any, params: dict[str, Any], key: str, *, sklearn: bool) 
         if validate is not None:
             validate()
     except Exception as exc:  # constructors and sklearn's checks raise many types
+        # scikit-learn names the parameter: "The 'C' parameter of LogisticRegression must be ..."
+        named = re.match(r"The '([A-Za-z_][A-Za-z0-9_]*)' parameter of", str(exc))
+        if named and named.group(1) in params:
+            param = named.group(1)
+            return [
+                Problem(
+                    CONFIG_FILE,
+                    f"{key}.{param}",
+                    f"{params[param]!r} is not accepted: {str(exc).rstrip('.')}",
+                    f"give {param} a value as the message says, or remove it to use the default",
+                )
+            ]
         return [
             Problem(
                 CONFIG_FILE,
@@ -720,9 +745,10 @@ def _import_custom(
         return None, [
             Problem(
                 file,
-                class_name,
-                f"{class_name} does not subclass storeml.models.base.{base.__name__}",
-                f"declare `class {class_name}(storeml.models.base.{base.__name__})` (see {DOCS})",
+                f"class {class_name}",
+                f"does not subclass storeml.models.base.{base.__name__} (named by {key}.class)",
+                f"declare it `class {class_name}({base.__name__}):` after"
+                f" `from storeml.models.base import {base.__name__}` (see {DOCS})",
             )
         ]
     if inspect.isabstract(cls):
@@ -730,9 +756,9 @@ def _import_custom(
         return None, [
             Problem(
                 file,
-                class_name,
-                f"{class_name} leaves abstract methods unimplemented: {missing}",
-                f"implement {missing}",
+                f"class {class_name}",
+                f"leaves abstract methods unimplemented: {missing}",
+                f"implement {missing} (see {DOCS})",
             )
         ]
     return cls, []
@@ -846,8 +872,8 @@ def _check_preprocess(
                 problems.append(
                     Problem(
                         step.file,
-                        step.class_name,
-                        f"{step.class_name} does not implement transform",
+                        f"class {step.class_name}",
+                        "does not implement transform",
                         "implement transform(self, X) returning the preprocessed frame",
                     )
                 )

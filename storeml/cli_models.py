@@ -1,4 +1,9 @@
-"""``storeml models``: validate and train model packages (see docs/model-packages.md).
+"""``storeml models``: the model lifecycle (see docs/model-packages.md).
+
+``validate`` and ``train`` a model package; ``list`` the registered models; ``promote`` a version
+to an alias (``champion`` is served, ``challenger`` scored in shadow); ``compare`` two versions'
+per-store test metrics. The registry work lives in :mod:`storeml.connectors.mlflow_registry` and
+the comparison in :mod:`storeml.batch.packages`: these commands only print.
 
 Added to the main command with ``main.add_command(models)``; the subcommands use the settings the
 main command built (``ctx.obj["settings"]``), or load them when run on their own.
@@ -29,7 +34,11 @@ def _settings(ctx: click.Context) -> Settings:
 
 @click.group()
 def models() -> None:
-    """Model packages: a folder with config.yaml (+ predictor.py, preprocess.py, requirements.txt)."""
+    """Model packages and their registered versions: validate, train, list, promote, compare.
+
+    A package is a folder with config.yaml (+ predictor.py, preprocess.py, requirements.txt);
+    see docs/model-packages.md.
+    """
 
 
 @models.command("validate")
@@ -160,3 +169,156 @@ def _train(
     run = get_client(settings.tracking_uri, settings.registry_uri).get_run(str(handle.run_id))
     summary.update({"cutoff_ms": cutoff, **{k: round(v, 4) for k, v in run.data.metrics.items()}})
     return handle, summary
+
+
+@models.command("list")
+@click.argument("contains", required=False, default="")
+@click.pass_context
+def list_cmd(ctx: click.Context, contains: str) -> None:
+    """Registered models (names containing CONTAINS), their versions and aliases."""
+    from storeml.connectors.mlflow_registry import list_models
+
+    settings = _settings(ctx)
+    try:
+        found = list_models(settings.tracking_uri, settings.registry_uri, contains)
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not found:
+        where = f" with {contains!r} in the name" if contains else ""
+        click.echo(
+            f"no registered models{where} in {settings.registry_uri}; train one with"
+            " `storeml models train PACKAGE`"
+        )
+        return
+    width = max(len("NAME"), *(len(m.name) for m in found))
+    click.echo(f"{'NAME':<{width}}  VERSIONS  LATEST  ALIASES")
+    for model in found:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "-"
+        click.echo(
+            f"{model.name:<{width}}  {len(model.versions):>8}  {model.latest or '-':>6}  {aliases}"
+        )
+
+
+@models.command("promote")
+@click.argument("name")
+@click.option("--version", "version", required=True, help="Version number to point the alias at.")
+@click.option(
+    "--alias",
+    default=None,
+    help="Alias to move [default: the alias the stream serves, STOREML_SERVING_ALIAS (champion)].",
+)
+@click.pass_context
+def promote_cmd(ctx: click.Context, name: str, version: str, alias: str | None) -> None:
+    """Point ALIAS of model NAME at VERSION; a running stream follows at its next micro-batch."""
+    from storeml.connectors.mlflow_registry import promote
+
+    settings = _settings(ctx)
+    target_alias = alias or settings.serving_alias
+    try:
+        previous, handle = promote(
+            settings.tracking_uri, settings.registry_uri, name, version, target_alias
+        )
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    old = previous.version if previous is not None else "(none)"
+    note = " (unchanged)" if previous is not None and previous.version == handle.version else ""
+    click.echo(f"{name}@{target_alias}: version {old} -> {handle.version}{note}")
+
+
+@models.command("compare")
+@click.argument("name")
+@click.option(
+    "--champion",
+    default=None,
+    help="Alias or version number of the reference [default: STOREML_SERVING_ALIAS (champion)].",
+)
+@click.option(
+    "--challenger",
+    default=None,
+    help="Alias or version number compared with it [default: the shadow alias,"
+    " STOREML_SHADOW_ALIAS (challenger)].",
+)
+@click.option(
+    "--metric",
+    default=None,
+    help="Test metric to compare [default: auc for customer models, top5_accuracy for product"
+    " models].",
+)
+@click.pass_context
+def compare_cmd(
+    ctx: click.Context, name: str, champion: str | None, challenger: str | None, metric: str | None
+) -> None:
+    """Per-store test metrics of NAME's champion and challenger versions, side by side.
+
+    Each version's numbers come from its own test rows (its training's split); a store trained
+    by only one version shows '-' on the other side. The last line aggregates the stores both
+    versions score.
+    """
+    from storeml.batch.packages import ALL_STORES, compare_versions
+    from storeml.connectors.mlflow_registry import resolve_version
+
+    settings = _settings(ctx)
+    champion_ref = champion or settings.serving_alias
+    challenger_ref = challenger or settings.shadow_alias or "challenger"
+    try:
+        first = resolve_version(settings.tracking_uri, settings.registry_uri, name, champion_ref)
+        second = resolve_version(settings.tracking_uri, settings.registry_uri, name, challenger_ref)
+        frame = compare_versions(settings, first, second, metric)
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    value = frame.columns[-1].removeprefix("delta_")
+    click.echo(
+        f"{name}: champion {_ref(champion_ref, first.version)} vs challenger"
+        f" {_ref(challenger_ref, second.version)}; metric {value} (higher is better)"
+    )
+    if first.version == second.version:
+        click.echo("  (both name the same version)")
+    click.echo(_table(frame, value))
+    stores = frame[frame["store_id"] != ALL_STORES]
+    delta = stores[f"delta_{value}"].dropna()
+    only_champion = stores.loc[stores["challenger_scope"].isna(), "store_id"].tolist()
+    only_challenger = stores.loc[stores["champion_scope"].isna(), "store_id"].tolist()
+    click.echo(
+        f"challenger better in {int((delta > 0).sum())}, worse in {int((delta < 0).sum())},"
+        f" equal in {int((delta == 0).sum())} of {len(delta)} stores both score"
+    )
+    if only_champion:
+        click.echo(f"only in the champion: {', '.join(only_champion)}")
+    if only_challenger:
+        click.echo(f"only in the challenger: {', '.join(only_challenger)}")
+
+
+def _ref(ref: str, version: str) -> str:
+    return f"version {version}" if ref == version else f"@{ref} (version {version})"
+
+
+def _table(frame: Any, metric: str) -> str:
+    """The comparison as text: '-' for what a version does not have, metrics to 3 decimals."""
+    import pandas as pd
+
+    def number(value: Any, digits: int) -> str:
+        return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+    rows = [
+        [
+            str(row["store_id"]),
+            row["champion_scope"] or "-",
+            number(row["champion_test"], 0),
+            number(row[f"champion_{metric}"], 3),
+            row["challenger_scope"] or "-",
+            number(row["challenger_test"], 0),
+            number(row[f"challenger_{metric}"], 3),
+            "-" if pd.isna(row[f"delta_{metric}"]) else f"{row[f'delta_{metric}']:+.3f}",
+        ]
+        for _, row in frame.iterrows()
+    ]
+    header = ["store", "champion", "test", metric, "challenger", "test", metric, "delta"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in (0, 1, 4) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
