@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         default=None,
         description="Spark checkpoint of the enrichment stream; default <home>/checkpoints/enrich.",
     )
+    lake_enabled: bool = Field(
+        default=True,
+        description="Archive every accepted event to the event lake (the recompute reads it).",
+    )
+    lake_dir: Path | None = Field(
+        default=None,
+        description="Event lake: Parquet partitioned by store and event date; default <home>/lake."
+        " Every executor must reach it (a shared folder on a cluster).",
+    )
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     max_records_per_batch: int = Field(default=50_000, ge=1)
     trigger_seconds: float = Field(
@@ -140,7 +149,7 @@ class Settings(BaseSettings):
         default=50, ge=2, description="Micro-batches of state history kept for recovery."
     )
 
-    @field_validator("home", "checkpoint_dir", mode="after")
+    @field_validator("home", "checkpoint_dir", "lake_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
@@ -165,6 +174,13 @@ class Settings(BaseSettings):
     @property
     def checkpoint_path(self) -> Path:
         return self.checkpoint_dir or self.home / "checkpoints" / "enrich"
+
+    @property
+    def lake_path(self) -> Path | None:
+        """Where the stream archives accepted events; None when the lake is disabled."""
+        if not self.lake_enabled:
+            return None
+        return self.lake_dir or self.home / "lake"
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka properties for a client of this deployment, with ``overrides`` on top."""

@@ -32,27 +32,43 @@ import pandas as pd
 
 from storeml.settings import Settings
 
-__all__ = ["JobContext", "EnrichBatch", "start_enrichment", "METRICS_SCHEMA", "job_context"]
+__all__ = [
+    "JobContext",
+    "EnrichBatch",
+    "start_enrichment",
+    "source_options",
+    "decode_batches",
+    "enrich_bucket",
+    "METRICS_SCHEMA",
+    "job_context",
+    "model_versions",
+]
 
 log = logging.getLogger("storeml.stream")
 
 METRICS_SCHEMA = (
     "bucket int, facts long, customers long, products long, kafka_records long,"
     " redis_written long, redis_skipped long, state_s double, fold_s double, score_s double,"
-    " encode_s double, kafka_s double, redis_s double, models string, pid long, cache string"
+    " encode_s double, kafka_s double, redis_s double, models string, pid long, cache string,"
+    " stores string"
 )
 
 
 @dataclass(frozen=True)
 class JobContext:
-    """Everything an executor needs, as plain values (pickled into every task)."""
+    """Everything an executor needs, as plain values (pickled into every task).
+
+    The stream uses the defaults of the last fields; the recompute (``batch/recompute.py``) sets
+    them: no dead letters (None: counted only), no archiving, events after ``until_ms`` ignored,
+    profiles written as Parquet to ``profiles_dir`` and/or published (``publish``).
+    """
 
     kafka: dict[str, Any]
     orders_topic: str
     products_topic: str
     customer_topic: str
     product_topic: str
-    dead_letter_topic: str
+    dead_letter_topic: str | None
     redis_url: str
     redis_prefix: str
     state_root: str
@@ -67,6 +83,10 @@ class JobContext:
     shadow_alias: str
     model_cache_size: int
     transactional_prefix: str | None
+    lake_root: str | None = None
+    until_ms: int | None = None
+    profiles_dir: str | None = None
+    publish: bool = True
 
 
 def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext:
@@ -94,6 +114,7 @@ def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext
         transactional_prefix=(
             f"storeml-enrich-{abs(hash(root)) % 10**8}" if settings.kafka_transactions else None
         ),
+        lake_root=str(settings.lake_path) if settings.lake_path else None,
     )
 
 
@@ -113,10 +134,14 @@ def _client(kind: type, *args: Any) -> Any:
 def decode_batches(
     ctx: JobContext, counters: tuple[Any, Any, Any]
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """mapInPandas function: raw Kafka rows -> fact rows; bad messages -> dead-letter topic."""
+    """mapInPandas function: raw Kafka rows -> fact rows; bad messages -> dead-letter topic.
+
+    Accepted events are archived to the event lake (``ctx.lake_root``), one chunk at a time.
+    """
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from storeml.connectors.dead_letter import DeadLetterSink
+        from storeml.connectors.event_lake import EventLakeSink
         from storeml.errors import CodecError
         from storeml.models.events import (
             FactColumns,
@@ -127,7 +152,23 @@ def decode_batches(
         from storeml.schemas.codec import get_codec
 
         events_seen, dead_letters, decode_seconds = counters
-        dlq: DeadLetterSink = _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic)
+        dlq: DeadLetterSink | None = (
+            _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic)
+            if ctx.dead_letter_topic
+            else None
+        )
+        lake: EventLakeSink | None = (
+            _client(EventLakeSink, ctx.lake_root) if ctx.lake_root else None
+        )
+
+        seen = bad = 0
+
+        def reject(*args: Any) -> None:
+            nonlocal bad
+            bad += 1
+            if dlq is not None:
+                dlq.send(*args)
+
         routes = {
             ctx.orders_topic: (get_codec("order_event"), validate_order, FactColumns.add_order),
             ctx.products_topic: (
@@ -137,22 +178,26 @@ def decode_batches(
             ),
         }
         buckets: dict[str, int] = {}
-        seen = bad = 0
         started = time.perf_counter()
         for frame in batches:
             columns = FactColumns()
-            for topic, partition, offset, key, value in zip(
-                frame["topic"],
-                frame["partition"],
-                frame["offset"],
-                frame["key"],
-                frame["value"],
-                strict=True,
+            accepted: list[int] = []
+            stores: list[str] = []
+            times: list[int] = []
+            for row, (topic, partition, offset, key, value) in enumerate(
+                zip(
+                    frame["topic"],
+                    frame["partition"],
+                    frame["offset"],
+                    frame["key"],
+                    frame["value"],
+                    strict=True,
+                )
             ):
                 seen += 1
                 route = routes.get(topic)
                 if route is None:
-                    dlq.send(
+                    reject(
                         topic,
                         partition,
                         offset,
@@ -162,31 +207,39 @@ def decode_batches(
                         "UnknownTopic",
                         f"no decoder for topic {topic!r}",
                     )
-                    bad += 1
                     continue
                 codec, validate, to_facts = route
                 try:
                     record = codec.decode(value)
                 except CodecError as exc:
-                    dlq.send(
+                    reject(
                         topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc)
                     )
-                    bad += 1
                     continue
                 reason = validate(record)
                 if reason is not None:
-                    dlq.send(
-                        topic, partition, offset, key, value, "validate", "InvalidEvent", reason
-                    )
-                    bad += 1
+                    reject(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
                     continue
+                if ctx.until_ms is not None and record["event_time"] > ctx.until_ms:
+                    continue  # recompute --as-of: not yet happened
                 store = record["store_id"]
                 bucket = buckets.get(store)
                 if bucket is None:
                     bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
                 to_facts(columns, record, topic, int(partition), int(offset), bucket)
+                if lake is not None:
+                    accepted.append(row)
+                    stores.append(store)
+                    times.append(record["event_time"])
+            if lake is not None and accepted:
+                lake.write(
+                    frame.iloc[accepted][["topic", "partition", "offset", "key", "value"]].assign(
+                        store_id=stores, event_time=times
+                    )
+                )
             yield columns.frame()
-        dlq.flush()
+        if dlq is not None:
+            dlq.flush()
         events_seen.add(seen)
         dead_letters.add(bad)
         decode_seconds.add(time.perf_counter() - started)
@@ -255,15 +308,22 @@ def _model_label(model: dict[str, Any]) -> str:
 
 
 def enrich_bucket(
-    ctx: JobContext, batch_id: int, handles: dict[str, Any], shadows: dict[str, Any]
+    ctx: JobContext, batch_id: int | None, handles: dict[str, Any], shadows: dict[str, Any]
 ) -> Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame]:
-    """applyInPandas function: one state bucket's facts -> state, scores, sinks; returns metrics."""
+    """applyInPandas function: one state bucket's facts -> state, scores, sinks; returns metrics.
+
+    ``batch_id`` None folds the facts into an empty state and keeps no state (the recompute,
+    which sees an entity's whole history at once); otherwise the state of ``batch_id - 1`` is
+    loaded and the result committed as ``batch_id``.
+    """
 
     def run(key: tuple[Any, ...], pdf: pd.DataFrame) -> pd.DataFrame:
         from storeml.connectors.kafka_sink import KafkaRecordSink
+        from storeml.connectors.profile_files import write_profiles
         from storeml.connectors.redis_sink import RedisProfileSink
         from storeml.connectors.state_store import ProfileStateStore
         from storeml.models.profiles import (
+            ProfileState,
             apply_delta,
             customer_profiles,
             facts_frame,
@@ -285,8 +345,16 @@ def enrich_bucket(
             timings[name] = timings.get(name, 0.0) + now - mark
             mark = now
 
-        store = ProfileStateStore(ctx.state_root, bucket, ctx.snapshot_every, ctx.retain)
-        state = store.load(batch_id - 1)
+        store = (
+            ProfileStateStore(ctx.state_root, bucket, ctx.snapshot_every, ctx.retain)
+            if batch_id is not None
+            else None
+        )
+        state = (
+            store.load(batch_id - 1)
+            if store is not None and batch_id is not None
+            else ProfileState()
+        )
         facts = facts_frame(pdf)
         lap("state_s")
         delta = fold(state, facts)
@@ -294,7 +362,8 @@ def enrich_bucket(
         customers = customer_profiles(after, delta, facts)
         products = product_profiles(after, delta, facts)
         lap("fold_s")
-        store.commit(batch_id, delta, after)
+        if store is not None and batch_id is not None:
+            store.commit(batch_id, delta, after)
         lap("state_s")
 
         cache = get_model_cache(ctx.model_cache_size)
@@ -322,40 +391,50 @@ def enrich_bucket(
 
         customer_records = to_records(customers, CUSTOMER_FIELDS)
         product_records = to_records(products, PRODUCT_FIELDS)
+        if ctx.profiles_dir is not None:
+            write_profiles(ctx.profiles_dir, bucket, customer_records, product_records)
         customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
-        encoded = [
-            (
-                ctx.customer_topic,
-                f"{r['store_id']}|{r['customer_id']}".encode(),
-                customer_codec.encode(r),
-                _headers(r, f"customer_profile/v{customer_codec.version}"),
-            )
-            for r in customer_records
-        ] + [
-            (
-                ctx.product_topic,
-                f"{r['store_id']}|{r['product_id']}".encode(),
-                product_codec.encode(r),
-                _headers(r, f"product_profile/v{product_codec.version}"),
-            )
-            for r in product_records
-        ]
+        encoded = (
+            [
+                (
+                    ctx.customer_topic,
+                    f"{r['store_id']}|{r['customer_id']}".encode(),
+                    customer_codec.encode(r),
+                    _headers(r, f"customer_profile/v{customer_codec.version}"),
+                )
+                for r in customer_records
+            ]
+            + [
+                (
+                    ctx.product_topic,
+                    f"{r['store_id']}|{r['product_id']}".encode(),
+                    product_codec.encode(r),
+                    _headers(r, f"product_profile/v{product_codec.version}"),
+                )
+                for r in product_records
+            ]
+            if ctx.publish
+            else []
+        )
         lap("encode_s")
-
         transactional_id = (
             f"{ctx.transactional_prefix}-{bucket}" if ctx.transactional_prefix else None
         )
-        producer: KafkaRecordSink = _client(KafkaRecordSink, ctx.kafka, transactional_id)
-        for topic, record_key, value, headers in encoded:
-            producer.produce(topic, record_key, value, headers)
-        producer.flush()
-        lap("kafka_s")
-        redis_sink: RedisProfileSink = _client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
-        cw, cs = redis_sink.write("customer", customer_records, "customer_id")
-        pw, ps = redis_sink.write("product", product_records, "product_id")
-        lap("redis_s")
+        cw = cs = pw = ps = 0
+        if ctx.publish:
+            producer: KafkaRecordSink = _client(KafkaRecordSink, ctx.kafka, transactional_id)
+            for topic, record_key, value, headers in encoded:
+                producer.produce(topic, record_key, value, headers)
+            producer.flush()
+            lap("kafka_s")
+            redis_sink: RedisProfileSink = _client(
+                RedisProfileSink, ctx.redis_url, ctx.redis_prefix
+            )
+            cw, cs = redis_sink.write("customer", customer_records, "customer_id")
+            pw, ps = redis_sink.write("product", product_records, "product_id")
+            lap("redis_s")
 
-        versions = _versions(handles, shadows)
+        versions = model_versions(handles, shadows)
         return pd.DataFrame(
             [
                 {
@@ -380,6 +459,7 @@ def enrich_bucket(
                     "models": json.dumps(versions, sort_keys=True),
                     "pid": os.getpid(),
                     "cache": json.dumps(cache.stats(), sort_keys=True),
+                    "stores": json.dumps(_per_store(customers, products)),
                 }
             ]
         )
@@ -387,7 +467,16 @@ def enrich_bucket(
     return run
 
 
-def _versions(handles: dict[str, Any], shadows: dict[str, Any]) -> dict[str, str]:
+def _per_store(customers: pd.DataFrame, products: pd.DataFrame) -> dict[str, list[int]]:
+    """``{store_id: [customer profiles, product profiles]}`` written by one task."""
+    out: dict[str, list[int]] = {}
+    for column, frame in enumerate((customers, products)):
+        for store, count in frame["store_id"].value_counts().items():
+            out.setdefault(str(store), [0, 0])[column] = int(count)
+    return out
+
+
+def model_versions(handles: dict[str, Any], shadows: dict[str, Any]) -> dict[str, str]:
     """``{"customer": "name:version", "customer.shadow": ...}`` (``none`` when unresolved)."""
     out = {
         kind: (f"{h.name}:{h.version}" if h is not None else "none") for kind, h in handles.items()
@@ -493,7 +582,7 @@ class EnrichBatch:
             redis_skipped=sum(row.redis_skipped for row in metrics),
             seconds=time.perf_counter() - started,
             stages=stages,
-            models=_versions(handles, shadows),
+            models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
         )
         self.reports.append(report)
@@ -514,6 +603,23 @@ class EnrichBatch:
             self.on_batch(report)
 
 
+def source_options(settings: Settings) -> dict[str, str]:
+    """Options of the ``storeml_kafka`` source reading the order and product topics."""
+    from storeml.connectors.kafka_admin import watermark_method_for
+
+    options = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "subscribe": f"{settings.topic_orders},{settings.topic_products}",
+        "startingOffsets": settings.starting_offsets,
+        "maxRecordsPerTrigger": str(settings.max_records_per_batch),
+        "watermarkMethod": watermark_method_for(settings.kafka_flavor),
+    }
+    for name, value in settings.kafka_config().items():
+        if name != "bootstrap.servers":
+            options[f"kafka.{name}"] = str(value)
+    return options
+
+
 def start_enrichment(
     spark: Any,
     settings: Settings,
@@ -522,24 +628,13 @@ def start_enrichment(
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> tuple[Any, EnrichBatch]:
     """Start the enrichment query; returns (StreamingQuery, the foreachBatch function)."""
-    from storeml.connectors.kafka_admin import watermark_method_for
     from storeml.connectors.kafka_source import KafkaDataSource
 
     checkpoint = settings.checkpoint_path
     _check_checkpoint(checkpoint, settings)
     ctx = job_context(settings, str(checkpoint))
     spark.dataSource.register(KafkaDataSource)
-    reader = (
-        spark.readStream.format("storeml_kafka")
-        .option("bootstrap.servers", settings.kafka_bootstrap)
-        .option("subscribe", f"{settings.topic_orders},{settings.topic_products}")
-        .option("startingOffsets", settings.starting_offsets)
-        .option("maxRecordsPerTrigger", str(settings.max_records_per_batch))
-        .option("watermarkMethod", watermark_method_for(settings.kafka_flavor))
-    )
-    for name, value in settings.kafka_config().items():
-        if name != "bootstrap.servers":
-            reader = reader.option(f"kafka.{name}", str(value))
+    reader = spark.readStream.format("storeml_kafka").options(**source_options(settings))
     handler = EnrichBatch(ctx, on_batch)
     writer = (
         reader.load()
