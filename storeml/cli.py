@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from storeml.cli_batch import recompute_cmd
 from storeml.cli_models import models
 from storeml.errors import StoremlError
 from storeml.settings import Settings, load_settings
@@ -399,6 +400,7 @@ def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bo
 
 
 main.add_command(models)
+main.add_command(recompute_cmd)
 
 if __name__ == "__main__":
     main()

@@ -135,7 +135,7 @@ def settings(
     unique: str,
     tmp_path: Path,
 ) -> Settings:
-    """Settings for one test: the session services; its own topics, key prefix and checkpoint."""
+    """Settings for one test: the session services; its own topics, key prefix, checkpoint, lake."""
     return load_settings(
         home=settings_home,
         kafka_bootstrap=kafka_bootstrap,
@@ -150,6 +150,7 @@ def settings(
         topic_dead_letter=f"test.{unique}.dead-letter",
         redis_prefix=f"test:{unique}",
         checkpoint_dir=tmp_path / "checkpoint",
+        lake_dir=tmp_path / "lake",
     )
 
 
