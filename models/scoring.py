@@ -5,8 +5,11 @@ The feature code lives in :mod:`storeml.models.features` (re-exported here): tra
 features computed another way.
 
 Scoring groups rows by store and calls ``predict_proba`` once per store that has a model of its
-own, plus once for all rows served by the global fallback, never once per row. The fallback rule,
-documented in the output's ``model.scope``:
+own, plus once for all rows served by the global fallback, never once per row. Customer bundles
+with a linear table (:mod:`storeml.models.linear`) go further: every row whose store's model (or
+global fallback) is on the table is scored in one numpy expression for all stores at once, with
+the same result as ``predict_proba`` (to ~1e-12), and only the other stores are scored one call
+per store. The fallback rule, documented in the output's ``model.scope``:
 
 * ``store``  the store's own model scored the row;
 * ``global`` the store has no model of its own (too few examples or one class when trained):
@@ -81,6 +84,29 @@ def _predict(estimator: Any, inputs: Any, what: str) -> np.ndarray:
         raise ModelError(f"{what}: predict_proba failed: {exc}") from exc
 
 
+def _score_linear(
+    bundle: StoreModelBundle,
+    stores: pd.Series,
+    features: np.ndarray,
+    propensity: np.ndarray,
+    scopes: np.ndarray,
+) -> np.ndarray:
+    """Score the rows the bundle's linear table covers; returns the positions of the others."""
+    found = bundle.linear_rows(stores.to_numpy())
+    if found is None:
+        return np.arange(len(stores))
+    table, position = found
+    rows = np.flatnonzero(position >= 0)
+    if len(rows):
+        where = position[rows]
+        try:
+            propensity[rows] = table.propensity(table.inputs(features[rows]), where)
+        except Exception as exc:
+            raise ModelError(f"linear table of {bundle.folder}: scoring failed: {exc}") from exc
+        scopes[rows] = np.where(where < table.n_stores, "store", "global")
+    return np.flatnonzero(position < 0)
+
+
 def _score_groups(
     bundle: StoreModelBundle,
     groups: dict[Any, np.ndarray],
@@ -131,7 +157,8 @@ def score_customers(
                 )
             propensity[rows] = proba[:, classes.index(1)]
 
-        _score_groups(bundle, _groups(out["store_id"], np.arange(n)), scopes, predict)
+        rest = _score_linear(bundle, out["store_id"], features, propensity, scopes)
+        _score_groups(bundle, _groups(out["store_id"], rest), scopes, predict)
     # object dtype keeps None (Avro null) for unscored rows; a float column would turn it to NaN
     out["propensity"] = pd.Series(
         [None if np.isnan(p) else float(p) for p in propensity], index=out.index, dtype=object

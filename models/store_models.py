@@ -5,6 +5,8 @@ A bundle is a folder written by :func:`write_bundle`::
     index.json             kind, feature list, trained_at, and per store: file, classes, examples
     global.joblib          the fallback model trained on every store's examples (may be absent)
     stores/<quoted id>.joblib   one small fitted estimator per store that has enough examples
+    linear.npz             optional: the affine heads of the customer models that are linear in
+                           the scoring input, one row per store (see :mod:`storeml.models.linear`)
 
 It is what a registered model version holds (``<model root>/artifacts/stores``, see
 :mod:`storeml.connectors.mlflow_registry`). :class:`StoreModelBundle` reads ``index.json`` when
@@ -13,6 +15,12 @@ process, :func:`get_model_cache`) maps a :class:`ModelHandle` to an opened bundl
 version's files once per host, and bounds the store models kept in memory (least recently used
 are dropped). Spark executors reach the cache through the module-level :func:`get_model_cache`,
 so nothing unpicklable is ever captured in a closure.
+
+The linear table, when the bundle has one, is read once per opened bundle (all of it: a few tens
+of MB for 100,000 stores) and is not counted in the store-model bound; scoring uses it for every
+store on it (:meth:`StoreModelBundle.linear_rows`) and loads the store files only of the others.
+Every store still has its own file, so readers that ignore the table (older storeml versions, the
+MLflow pyfunc's callers of :meth:`StoreModelBundle.model_for`) see the same models.
 
 Estimators only need ``predict_proba`` and ``classes_`` (scikit-learn API). Loading a bundle never
 imports MLflow unless the version has to be downloaded from a remote artifact store. The MLflow
@@ -39,9 +47,11 @@ from urllib.parse import quote, urlparse
 from urllib.request import url2pathname
 
 import joblib
+import numpy as np
 import pandas as pd  # module level: MLflow resolves predict's type hints in this namespace
 
 from storeml.errors import ModelError
+from storeml.models.linear import LinearTable, TableBuilder
 
 if TYPE_CHECKING:
     from storeml.connectors.mlflow_registry import ModelHandle
@@ -98,19 +108,25 @@ def write_bundle(
     global_examples: int | None = None,
     trained_at_ms: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    linear: bool = True,
 ) -> Path:
     """Write a bundle folder (one joblib file per store, the global model, ``index.json``).
 
     ``examples`` counts each store's training examples (every store seen in training, including
-    those without a model of their own). Returns the folder.
+    those without a model of their own). With ``linear`` (the default), customer models that are
+    linear in the scoring input are also written to one table, ``linear.npz`` (see
+    :mod:`storeml.models.linear`; ``index.json`` records it under ``linear``). Returns the folder.
     """
     root = Path(folder)
     (root / STORES_DIR).mkdir(parents=True, exist_ok=True)
     counts = dict(examples or {})
     stores: dict[str, dict[str, Any]] = {}
+    table = TableBuilder(kind) if linear else None
     for store_id, estimator in store_models.items():
         relative = f"{STORES_DIR}/{store_file_name(store_id)}"
         joblib.dump(estimator, root / relative)
+        if table is not None:
+            table.add(str(store_id), estimator)
         stores[str(store_id)] = {
             "file": relative,
             "classes": _jsonable(getattr(estimator, "classes_", [])),
@@ -119,6 +135,8 @@ def write_bundle(
     global_entry = None
     if global_model is not None:
         joblib.dump(global_model, root / GLOBAL_FILE)
+        if table is not None:
+            table.add_global(global_model)
         global_entry = {
             "file": GLOBAL_FILE,
             "classes": _jsonable(getattr(global_model, "classes_", [])),
@@ -135,6 +153,7 @@ def write_bundle(
         "global": global_entry,
         "stores": stores,
         "examples": {str(k): int(v) for k, v in counts.items()},
+        "linear": table.write(root) if table is not None else None,
     }
     (root / INDEX_FILE).write_text(json.dumps(index, sort_keys=True))
     return root
@@ -145,9 +164,11 @@ class CacheStats:
     """Counters of one process's model loading (see :meth:`ModelCache.stats`).
 
     ``hits``/``misses``: store-model lookups answered from memory / from a file (``loads`` files
-    read in ``load_seconds``); ``fallbacks``: lookups of stores without a model of their own;
-    ``evictions``: store models dropped by the LRU bound; ``bundle_*``: version lookups and
-    downloads.
+    read in ``load_seconds``); ``fallbacks``: lookups of stores without a model of their own (per
+    scoring call and store); ``evictions``: store models dropped by the LRU bound; ``bundle_*``:
+    version lookups and downloads. ``vectorised_rows``/``vectorised_stores``: rows scored by a
+    linear table, and own-model stores among them (per scoring call; they are no lookups);
+    ``linear_loads``: linear tables read in ``linear_load_seconds``.
     """
 
     hits: int = 0
@@ -160,6 +181,10 @@ class CacheStats:
     bundle_misses: int = 0
     downloads: int = 0
     download_seconds: float = 0.0
+    vectorised_rows: int = 0
+    vectorised_stores: int = 0
+    linear_loads: int = 0
+    linear_load_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return dict(asdict(self))
@@ -202,7 +227,9 @@ class StoreModelBundle:
     """An opened bundle folder: ``index.json`` read now, store models loaded on first use.
 
     At most ``cache_size`` store models stay in memory (least recently used dropped; the global
-    model is always kept). Bundles opened by a :class:`ModelCache` share its bound.
+    model is always kept). Bundles opened by a :class:`ModelCache` share its bound. With
+    ``vectorise`` (default) scoring uses the bundle's linear table when it has one; False scores
+    every store with its own file (the per-store ``predict_proba`` path; may be set later).
     """
 
     def __init__(
@@ -210,6 +237,7 @@ class StoreModelBundle:
         folder: str | Path,
         cache_size: int = 2048,
         *,
+        vectorise: bool = True,
         _lru: _StoreLRU | None = None,
         _key: str | None = None,
     ) -> None:
@@ -231,6 +259,10 @@ class StoreModelBundle:
         self._lru = _lru if _lru is not None else _StoreLRU(cache_size, CacheStats())
         self._global: Any | None = None
         self._global_loaded = False
+        self.vectorise = vectorise
+        self._table: LinearTable | None = None
+        self._table_loaded = False
+        self._own: pd.Index | None = None
 
     # --- description -----------------------------------------------------------------------
     @property
@@ -316,10 +348,53 @@ class StoreModelBundle:
             lru.put(key, model)
         return model, "store"
 
+    def linear_table(self) -> LinearTable | None:
+        """The bundle's linear table (read on first call), or None when it has none."""
+        if not self._table_loaded:
+            with self._lru.lock:
+                if not self._table_loaded:
+                    entry = self.index.get("linear")
+                    if entry:
+                        started = time.perf_counter()
+                        self._table = LinearTable.load(self.folder / entry["file"], entry)
+                        stats = self._lru.stats
+                        stats.linear_loads += 1
+                        stats.linear_load_seconds += time.perf_counter() - started
+                    self._table_loaded = True
+        return self._table
+
+    def linear_rows(self, store_ids: np.ndarray) -> tuple[LinearTable, np.ndarray] | None:
+        """The linear table and, for each row's store id, the table row that scores it.
+
+        A store on the table gets its own row; a store without a model of its own gets the
+        global model's row when the global model is on the table (scope "global"); -1 marks rows
+        left to :meth:`model_for`: stores whose model is not linear, fallbacks to a global
+        model that is not, and null ids (which scoring never scores). None when ``vectorise`` is
+        off or the bundle has no table. Counts ``vectorised_rows``, ``vectorised_stores`` and the
+        ``fallbacks`` it resolves.
+        """
+        table = self.linear_table() if self.vectorise else None
+        if table is None:
+            return None
+        codes, distinct = pd.factorize(np.asarray(store_ids, dtype=object))  # nulls: -1
+        rows = table.positions(distinct)
+        if table.global_row is not None:
+            if self._own is None:
+                self._own = pd.Index(list(self._stores), dtype=object)
+            fallback = (rows < 0) & (self._own.get_indexer(distinct) < 0)
+            rows[fallback] = table.global_row
+            self._lru.stats.fallbacks += int(fallback.sum())
+        position = np.where(codes >= 0, rows[codes], -1) if len(rows) else codes
+        stats = self._lru.stats
+        stats.vectorised_rows += int((position >= 0).sum())
+        stats.vectorised_stores += int(((rows >= 0) & (rows < table.n_stores)).sum())
+        return table, position
+
     def release(self) -> None:
-        """Drop this bundle's store models from memory (they reload on next use)."""
+        """Drop this bundle's store models and linear table from memory (they reload on use)."""
         with self._lru.lock:
             self._lru.drop_bundle(self._key)
+            self._table, self._table_loaded = None, False
         self._global, self._global_loaded = None, False
 
 
@@ -341,12 +416,19 @@ class ModelCache:
     (shared by the processes of a host; a download lands under a temporary name and is renamed,
     so concurrent workers never see half a bundle). Downloaded folders are not deleted when a
     version is dropped from memory: another process of the host may still use them.
+    ``vectorise`` is given to the bundles it opens (see :class:`StoreModelBundle`).
     """
 
     def __init__(
-        self, cache_size: int = 2048, *, max_versions: int = 4, cache_dir: str | Path | None = None
+        self,
+        cache_size: int = 2048,
+        *,
+        max_versions: int = 4,
+        cache_dir: str | Path | None = None,
+        vectorise: bool = True,
     ) -> None:
         self.counters = CacheStats()
+        self.vectorise = vectorise
         self._lru = _StoreLRU(cache_size, self.counters)
         self.max_versions = max_versions
         self.cache_dir = (
@@ -383,7 +465,7 @@ class ModelCache:
                 return bundle
             self.counters.bundle_misses += 1
             folder = self._folder(handle, tracking_uri, registry_uri)
-            bundle = StoreModelBundle(folder, _lru=self._lru)
+            bundle = StoreModelBundle(folder, vectorise=self.vectorise, _lru=self._lru)
             self._bundles[key] = bundle
             while len(self._bundles) > self.max_versions:
                 _, old = self._bundles.popitem(last=False)

@@ -1,0 +1,352 @@
+"""The per-store model cache at scale, and the linear fast path of customer scoring.
+
+Everything here writes real bundles with :func:`write_bundle` (joblib files, ``index.json``,
+``linear.npz``) into ``tmp_path`` and scores through the same objects the stream uses; the models
+are real scikit-learn estimators and model packages fitted on synthetic customer profiles. The
+fast path must give what ``predict_proba`` gives (to 1e-12), with the same ``model.scope``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+
+from storeml.connectors.mlflow_registry import ModelHandle
+from storeml.models.base import PackagedModel, SklearnPredictor
+from storeml.models.linear import LINEAR_FILE, affine_head
+from storeml.models.package import load_package
+from storeml.models.scoring import CUSTOMER_FEATURES, customer_features, score_customers
+from storeml.models.store_models import ModelCache, StoreModelBundle, write_bundle
+from storeml.models.training import make_customer_estimator
+
+PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "packages" / "customer_propensity"
+
+
+def _profiles(rng: np.random.Generator, stores: list[Any]) -> pd.DataFrame:
+    """One synthetic customer profile per entry of ``stores`` (in that order)."""
+    n = len(stores)
+    orders = rng.poisson(2.0, n)
+    ordered = orders > 0
+    return pd.DataFrame(
+        {
+            "store_id": pd.Series(stores, dtype=object),
+            "customer_id": [f"c{i}" for i in range(n)],
+            "order_count": orders,
+            "total_spend_minor": orders * rng.integers(100, 20_000, n),
+            "avg_order_value_minor": np.where(ordered, rng.integers(100, 20_000, n), np.nan),
+            "first_order_time": np.where(ordered, 1_000.0, np.nan),
+            "last_order_time": np.where(ordered, 5_000.0, np.nan),
+            "last_event_time": rng.integers(10**6, 10**10, n).astype("float64"),
+            "days_since_last_order": np.where(ordered, rng.uniform(0, 400, n), np.nan),
+            "product_views": rng.poisson(6.0, n),
+            "top_categories": [
+                [{"category": "toys", "spend_minor": 10, "share": float(s)}] if o else []
+                for s, o in zip(rng.uniform(size=n), ordered, strict=True)
+            ],
+        }
+    )
+
+
+def _training(rng: np.random.Generator, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """The base matrix of ``n`` synthetic profiles and 0/1 labels that depend on it."""
+    x = customer_features(_profiles(rng, ["t"] * n)).to_numpy(dtype="float64")
+    logit = 0.8 * x[:, 0] - 0.01 * x[:, 3] + 0.3 * x[:, 6] - 1.0 + rng.normal(size=n)
+    return x, (logit > 0).astype("int64")
+
+
+def _perturbed(model: Any, rng: np.random.Generator) -> Any:
+    """A copy of a fitted linear model with its coefficients moved a little (another store)."""
+    out = copy.deepcopy(model)
+    inner = out
+    if isinstance(out, PackagedModel) and isinstance(out.predictor, SklearnPredictor):
+        inner = out.predictor.estimator
+    lr = inner[-1] if hasattr(inner, "steps") else inner
+    lr.coef_ = lr.coef_ * (1.0 + 0.2 * rng.normal(size=lr.coef_.shape))
+    lr.intercept_ = lr.intercept_ + 0.2 * rng.normal(size=lr.intercept_.shape)
+    return out
+
+
+def _fit(family: str, x: np.ndarray, y: np.ndarray) -> Any:
+    if family == "pipeline":  # what fit_customer_models trains
+        return make_customer_estimator().fit(x, y)
+    if family == "plain":
+        return LogisticRegression(max_iter=500).fit(x, y)
+    if family == "scalers":  # several affine scalers composed into one shift/scale
+        return make_pipeline(
+            MinMaxScaler(),
+            RobustScaler(),
+            "passthrough",
+            MaxAbsScaler(),
+            StandardScaler(with_mean=False),
+            LogisticRegression(C=0.5),
+        ).fit(x, y)
+    if family == "flipped":  # class 1 comes first: the propensity is 1 - expit(z)
+        return make_customer_estimator().fit(x, np.where(y == 1, 1, 7))
+    if family == "package":  # feature step + StandardScaler + LogisticRegression
+        return load_package(PACKAGE).build_model("store").fit(x, y)
+    if family == "tree":  # not linear: always scored by its own predict_proba
+        return DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y)
+    raise AssertionError(family)
+
+
+def _propensity(scored: pd.DataFrame) -> np.ndarray:
+    return np.asarray([np.nan if p is None else p for p in scored["propensity"]], dtype="float64")
+
+
+def _scopes(scored: pd.DataFrame) -> list[str]:
+    return [ref["scope"] for ref in scored["model"]]
+
+
+def _assert_same_scores(fast: pd.DataFrame, slow: pd.DataFrame) -> None:
+    assert _scopes(fast) == _scopes(slow)
+    a, b = _propensity(fast), _propensity(slow)
+    assert (np.isnan(a) == np.isnan(b)).all()
+    scored = ~np.isnan(a)
+    assert scored.any()
+    assert np.max(np.abs(a[scored] - b[scored])) <= 1e-12
+
+
+# --- the fast path equals predict_proba ----------------------------------------------------------
+@pytest.mark.parametrize("family", ["pipeline", "plain", "scalers", "flipped", "package"])
+def test_linear_table_scores_like_predict_proba(tmp_path: Path, family: str) -> None:
+    rng = np.random.default_rng(11)
+    x, y = _training(rng)
+    template = _fit(family, x, y)
+    stores = {f"s{i}": _perturbed(template, rng) for i in range(6)}
+    folder = write_bundle(
+        tmp_path / "bundle",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models=stores,
+        global_model=_fit(family, x, y),
+        examples={"small": 3},
+    )
+    entry = json.loads((folder / "index.json").read_text())["linear"]
+    assert entry["stores"] == 6 and entry["global"] is True and entry["failed_check"] == 0
+    assert entry["input"]["type"] == ("features" if family == "package" else "base")
+
+    # own stores, a store without a model (global), a null store id (never scored), interleaved
+    ids = [*[f"s{i}" for i in range(6)] * 40, *["small"] * 30, *[None] * 5]
+    profiles = _profiles(rng, ids).sample(frac=1.0, random_state=3)
+    fast_bundle = StoreModelBundle(folder)
+    fast = score_customers(profiles, fast_bundle, None, model_name="m")
+    slow_bundle = StoreModelBundle(folder, vectorise=False)
+    slow = score_customers(profiles, slow_bundle, None, model_name="m")
+
+    _assert_same_scores(fast, slow)
+    assert Counter(_scopes(fast)) == {"store": 240, "global": 30, "none": 5}
+    fast_stats, slow_stats = fast_bundle.stats, slow_bundle.stats
+    assert fast_stats.vectorised_rows == 270 and fast_stats.vectorised_stores == 6
+    assert fast_stats.loads == 0 and fast_stats.linear_loads == 1  # no store file was read
+    assert fast_stats.fallbacks == slow_stats.fallbacks == 1
+    assert slow_stats.vectorised_rows == 0 and slow_stats.loads == 7  # 6 stores + global
+    # the table is read once per opened bundle
+    score_customers(profiles, fast_bundle, None, model_name="m")
+    assert fast_stats.linear_loads == 1 and fast_stats.vectorised_rows == 540
+
+
+def test_extreme_inputs_stay_exact(tmp_path: Path) -> None:
+    """Saturated probabilities (|z| in the hundreds) match too, without overflow warnings."""
+    rng = np.random.default_rng(5)
+    x, y = _training(rng)
+    model = make_customer_estimator().fit(x, y)
+    model[-1].coef_ = model[-1].coef_ * 50.0
+    folder = write_bundle(
+        tmp_path / "b",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models={"s": model},
+        global_model=None,
+    )
+    profiles = _profiles(rng, ["s"] * 400)
+    profiles.loc[:99, "order_count"] = rng.integers(0, 5_000, 100)
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        fast = score_customers(profiles, StoreModelBundle(folder), None, model_name="m")
+    slow = score_customers(profiles, StoreModelBundle(folder, vectorise=False), None)
+    _assert_same_scores(fast, slow)
+    assert {0.0, 1.0} & set(_propensity(fast).round(12))  # some rows saturate
+
+
+def test_mixed_bundle_scores_only_non_linear_stores_per_store(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x, y = _training(rng)
+    linear, tree, package = _fit("pipeline", x, y), _fit("tree", x, y), _fit("package", x, y)
+    stores = {
+        **{f"lin{i}": _perturbed(linear, rng) for i in range(5)},
+        **{f"tree{i}": copy.deepcopy(tree) for i in range(3)},
+        "pkg": package,  # linear, but on another input than most stores: stays off the table
+    }
+    folder = write_bundle(
+        tmp_path / "b",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models=stores,
+        global_model=tree,  # a non-linear global model: fallbacks go through predict_proba
+    )
+    entry = json.loads((folder / "index.json").read_text())["linear"]
+    assert entry["stores"] == 5 and entry["global"] is False and entry["other_input_stores"] == 1
+    ids = [*stores, "unknown-1", "unknown-2"] * 20
+    profiles = _profiles(rng, ids).sample(frac=1.0, random_state=1)
+    bundle = StoreModelBundle(folder)
+    fast = score_customers(profiles, bundle, None, model_name="m")
+    slow = score_customers(profiles, StoreModelBundle(folder, vectorise=False), None)
+    _assert_same_scores(fast, slow)
+    stats = bundle.stats
+    assert stats.vectorised_rows == 100 and stats.vectorised_stores == 5
+    assert stats.misses == 4 and stats.hits == 0  # 3 trees + the package, each loaded once
+    assert stats.fallbacks == 2 and stats.loads == 5  # + the global model
+    assert Counter(_scopes(fast)) == {"store": 180, "global": 40}
+
+
+def test_bundles_without_a_table_score_as_before(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x, y = _training(rng)
+    models = {f"s{i}": _perturbed(_fit("pipeline", x, y), rng) for i in range(4)}
+    profiles = _profiles(rng, [*models, "other"] * 10)
+    reference = score_customers(
+        profiles,
+        StoreModelBundle(
+            write_bundle(
+                tmp_path / "new",
+                kind="customer",
+                features=CUSTOMER_FEATURES,
+                store_models=models,
+                global_model=models["s0"],
+            )
+        ),
+        None,
+    )
+    # written without a table
+    off = write_bundle(
+        tmp_path / "off",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models=models,
+        global_model=models["s0"],
+        linear=False,
+    )
+    assert json.loads((off / "index.json").read_text())["linear"] is None
+    assert not (off / LINEAR_FILE).exists()
+    # an old bundle: index.json from before the table existed
+    old = write_bundle(
+        tmp_path / "old",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models=models,
+        global_model=models["s0"],
+    )
+    index = json.loads((old / "index.json").read_text())
+    del index["linear"]
+    (old / "index.json").write_text(json.dumps(index))
+    (old / LINEAR_FILE).unlink()
+    for folder in (off, old):
+        bundle = StoreModelBundle(folder)
+        scored = score_customers(profiles, bundle, None)
+        _assert_same_scores(reference, scored)
+        assert bundle.linear_table() is None
+        assert bundle.stats.vectorised_rows == 0 and bundle.stats.misses == 4
+    # a product bundle never gets a table; non-linear or unknown objects have no affine head
+    assert affine_head(_fit("tree", x, y), "customer") is None
+    assert affine_head(_fit("pipeline", x, y), "product") is None
+
+
+# --- the store-model bound with thousands of stores ----------------------------------------------
+@pytest.mark.parametrize("linear", [True, False], ids=["with-table", "table-disabled"])
+def test_cache_bound_holds_with_thousands_of_stores(tmp_path: Path, linear: bool) -> None:
+    """3,000 stores (half linear, half trees) scored with room for 100 store models."""
+    rng = np.random.default_rng(7)
+    x, y = _training(rng)
+    lr, tree = _fit("pipeline", x, y), _fit("tree", x, y)
+    linear_ids = [f"lin-{i:04d}" for i in range(1_500)]
+    tree_ids = [f"tree-{i:04d}" for i in range(1_500)]
+    models: dict[str, Any] = {s: _perturbed(lr, rng) for s in linear_ids}
+    models.update(dict.fromkeys(tree_ids, tree))  # identical content, one real file each
+    root = tmp_path / "model"
+    write_bundle(
+        root / "artifacts" / "stores",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models=models,
+        global_model=lr,
+        linear=linear,
+    )
+    cache = ModelCache(cache_size=100)
+    bundle = cache.bundle(ModelHandle("m", "1", "champion", root.as_uri()))
+    capacity = 100
+    # stores in a known order: per-store models are looked up in order of first appearance
+    order = [s for pair in zip(linear_ids, tree_ids, strict=True) for s in pair]
+    unknown = [f"new-{i}" for i in range(50)]
+    lookups = 0  # expected per-store lookups (stores scored by their own file)
+
+    def score(ids: list[str]) -> pd.DataFrame:
+        nonlocal lookups
+        per_store = [s for s in dict.fromkeys(ids) if s in models and (s in tree_ids or not linear)]
+        lookups += len(per_store)
+        scored = score_customers(_profiles(rng, ids), bundle, None, model_name="m")
+        assert bundle.loaded <= capacity and cache.stats()["store_models"] <= capacity
+        return scored
+
+    scored = score([*order, *order, *unknown])  # every store twice, and 50 fallbacks
+    assert Counter(_scopes(scored)) == {"store": 6_000, "global": 50}
+    stats = cache.stats()
+    own_files = 1_500 if linear else 3_000
+    assert stats["misses"] == own_files and stats["hits"] == 0
+    assert stats["evictions"] == own_files - capacity and stats["store_models"] == capacity
+    assert stats["vectorised_rows"] == (3_000 + 50 if linear else 0)
+    assert stats["vectorised_stores"] == (1_500 if linear else 0)
+    assert stats["fallbacks"] == 50
+    # loads: one per miss, plus the global model when fallbacks go through predict_proba
+    assert stats["loads"] == stats["misses"] + (0 if linear else 1)
+    assert stats["linear_loads"] == (1 if linear else 0)
+
+    # the 100 most recently used store models are in memory: scoring them again only hits
+    recent = [s for s in order if s in tree_ids or not linear][-capacity:]
+    score(recent)
+    stats = cache.stats()
+    assert stats["hits"] == capacity and stats["misses"] == own_files
+
+    # a full pass in the same order evicts each model before it is used again (LRU worst case)
+    score(order)
+    stats = cache.stats()
+    assert stats["hits"] + stats["misses"] == lookups
+    assert stats["evictions"] == stats["misses"] - capacity
+    assert stats["loads"] == stats["misses"] + (0 if linear else 1)
+    assert stats["store_models"] == capacity and bundle.loaded == capacity
+    if linear:
+        assert stats["vectorised_rows"] == 3_050 + 1_500 and stats["vectorised_stores"] == 3_000
+
+    bundle.release()
+    assert bundle.loaded == 0 and cache.stats()["store_models"] == 0
+
+
+def test_model_cache_can_turn_the_fast_path_off(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    x, y = _training(rng)
+    root = tmp_path / "model"
+    write_bundle(
+        root / "artifacts" / "stores",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models={"a": _fit("pipeline", x, y)},
+        global_model=None,
+    )
+    handle = ModelHandle("m", "1", None, root.as_uri())
+    profiles = _profiles(rng, ["a"] * 10)
+    on, off = ModelCache(), ModelCache(vectorise=False)
+    _assert_same_scores(
+        score_customers(profiles, on.bundle(handle), handle),
+        score_customers(profiles, off.bundle(handle), handle),
+    )
+    assert on.stats()["vectorised_rows"] == 10 and on.stats()["loads"] == 0
+    assert off.stats()["vectorised_rows"] == 0 and off.stats()["loads"] == 1
