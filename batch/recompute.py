@@ -172,11 +172,12 @@ def recompute(
     """
     from pyspark.sql import functions as F
 
-    from storeml.models.profiles import FACT_SPARK_SCHEMA
     from storeml.streams.enrich import (
         METRICS_SCHEMA,
+        TASK_STAGES,
         EnrichBatch,
         decode_batches,
+        decode_schema,
         enrich_bucket,
         job_context,
         model_versions,
@@ -208,7 +209,7 @@ def recompute(
     raw = read_history(spark, settings, source, stores=store_list, until_ms=as_of_ms)
     context = spark.sparkContext
     counters = (context.accumulator(0), context.accumulator(0), context.accumulator(0.0))
-    facts = raw.mapInPandas(decode_batches(ctx, counters), FACT_SPARK_SCHEMA)
+    facts = raw.mapInPandas(decode_batches(ctx, counters), decode_schema(ctx))
     if store_list is not None:
         facts = facts.where(F.col("store_id").isin(store_list))
     job = facts.groupBy("bucket").applyInPandas(
@@ -241,7 +242,8 @@ def recompute(
             "decode_s": counters[2].value,
             **{
                 name: sum(getattr(row, name) for row in metrics)
-                for name in ("fold_s", "score_s", "encode_s", "kafka_s", "redis_s")
+                for name in TASK_STAGES
+                if name not in ("state_s", "lake_s")
             },
         },
     )

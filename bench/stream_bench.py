@@ -1157,6 +1157,7 @@ def format_report(results: Mapping[str, Any]) -> str:
             "resolve_models_s",
             "decode_s",
             "state_s",
+            "lake_s",
             "fold_s",
             "score_s",
             "encode_s",

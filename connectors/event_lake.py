@@ -5,17 +5,18 @@ Hive-style so Spark, pyarrow or DuckDB read it as one table partitioned by store
 
     <root>/store_id=<store>/event_date=<YYYY-MM-DD>/<topic>+<partition>+<first offset>-0.parquet
 
-Partition values are URI-escaped. Each file holds one chunk's events of one store and day, with the
+Partition values are URI-escaped. Each file holds the events of one store and day that one write
+(the stream: one state bucket of one micro-batch) archived, with the
 columns of :data:`LAKE_SCHEMA`: where the event came from (``topic``, ``partition``, ``offset``),
 the message exactly as received (``key``, ``value``: Avro single-object bytes, so any later schema
 version still decodes it), and ``event_time`` (epoch ms, for ``--as-of`` pruning).
 
-**Exactly once.** A file's name is fixed by the source offsets of what it holds, so when a crashed
-micro-batch is replayed (same offset ranges, same chunks) its files are rewritten under the same
-names instead of added. A file is written under ``<root>/_staging`` and renamed into place, so a
+**Exactly once.** A file's name is fixed by the smallest source coordinates of the write it came
+from, so when a crashed micro-batch is replayed (same offset ranges, same buckets) its files are
+rewritten under the same names instead of added. A file is written under ``<root>/_staging`` and renamed into place, so a
 reader never sees half a file; readers skip ``_``-prefixed folders. :func:`read_lake` also drops
 repeated ``(topic, partition, offset)`` rows, so even a replay cut differently (a changed chunk
-size between crash and restart) cannot count an event twice.
+cap between crash and restart) cannot count an event twice.
 
 The root is a local or mounted shared folder (every Spark executor must reach it).
 """
@@ -64,7 +65,7 @@ def _dates(event_time: np.ndarray) -> np.ndarray:
 
 
 class EventLakeSink(Sink):
-    """Archives accepted events of one chunk at a time (see the module docstring)."""
+    """Archives accepted events, one write per micro-batch bucket (see the module docstring)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -81,14 +82,15 @@ class EventLakeSink(Sink):
     def write(self, events: pd.DataFrame) -> int:
         """Archive ``events`` (columns of :data:`LAKE_SCHEMA` plus ``store_id``); returns files.
 
-        The chunk is named after its first row's ``topic``/``partition``/``offset``: pass the rows
-        of one source chunk in offset order, as the stream's decode step does.
+        The files are named after the smallest ``(topic, partition, offset)`` of ``events``, and
+        rows are sorted by it, so the same events always give the same files.
         """
         if events.empty:
             return 0
         self.ensure_setup()
         import pyarrow.dataset as ds
 
+        events = events.sort_values(["topic", "partition", "offset"], kind="stable")
         first = events.iloc[0]
         name = f"{first['topic']}+{int(first['partition'])}+{int(first['offset'])}"
         table = pa.Table.from_pandas(

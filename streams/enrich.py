@@ -40,17 +40,21 @@ __all__ = [
     "decode_batches",
     "enrich_bucket",
     "METRICS_SCHEMA",
+    "TASK_STAGES",
+    "decode_schema",
     "job_context",
     "model_versions",
 ]
 
 log = logging.getLogger("storeml.stream")
 
+#: Seconds each bucket task spends per stage (columns of :data:`METRICS_SCHEMA`).
+TASK_STAGES = ("state_s", "lake_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s")
 METRICS_SCHEMA = (
     "bucket int, facts long, customers long, products long, kafka_records long,"
-    " redis_written long, redis_skipped long, state_s double, fold_s double, score_s double,"
-    " encode_s double, kafka_s double, redis_s double, models string, pid long, cache string,"
-    " stores string"
+    " redis_written long, redis_skipped long, "
+    + ", ".join(f"{name} double" for name in TASK_STAGES)
+    + ", models string, pid long, cache string, stores string"
 )
 
 
@@ -136,12 +140,13 @@ def decode_batches(
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """mapInPandas function: raw Kafka rows -> fact rows; bad messages -> dead-letter topic.
 
-    Accepted events are archived to the event lake (``ctx.lake_root``), one chunk at a time.
+    With the event lake on (``ctx.lake_root``), each accepted event's key and value ride along on
+    its first fact row (``raw_key``/``raw_value``, :func:`decode_schema`) to the bucket task, which
+    archives them: one file per store and day per micro-batch bucket, not per decode chunk.
     """
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from storeml.connectors.dead_letter import DeadLetterSink
-        from storeml.connectors.event_lake import EventLakeSink
         from storeml.errors import CodecError
         from storeml.models.events import (
             FactColumns,
@@ -157,9 +162,7 @@ def decode_batches(
             if ctx.dead_letter_topic
             else None
         )
-        lake: EventLakeSink | None = (
-            _client(EventLakeSink, ctx.lake_root) if ctx.lake_root else None
-        )
+        archive = ctx.lake_root is not None
 
         seen = bad = 0
 
@@ -181,18 +184,15 @@ def decode_batches(
         started = time.perf_counter()
         for frame in batches:
             columns = FactColumns()
-            accepted: list[int] = []
-            stores: list[str] = []
-            times: list[int] = []
-            for row, (topic, partition, offset, key, value) in enumerate(
-                zip(
-                    frame["topic"],
-                    frame["partition"],
-                    frame["offset"],
-                    frame["key"],
-                    frame["value"],
-                    strict=True,
-                )
+            raw_keys: list[Any] = []
+            raw_values: list[Any] = []
+            for topic, partition, offset, key, value in zip(
+                frame["topic"],
+                frame["partition"],
+                frame["offset"],
+                frame["key"],
+                frame["value"],
+                strict=True,
             ):
                 seen += 1
                 route = routes.get(topic)
@@ -226,18 +226,17 @@ def decode_batches(
                 bucket = buckets.get(store)
                 if bucket is None:
                     bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
+                before = len(columns)
                 to_facts(columns, record, topic, int(partition), int(offset), bucket)
-                if lake is not None:
-                    accepted.append(row)
-                    stores.append(store)
-                    times.append(record["event_time"])
-            if lake is not None and accepted:
-                lake.write(
-                    frame.iloc[accepted][["topic", "partition", "offset", "key", "value"]].assign(
-                        store_id=stores, event_time=times
-                    )
-                )
-            yield columns.frame()
+                if archive and len(columns) > before:
+                    padding = [None] * (len(columns) - before - 1)
+                    raw_keys += [key, *padding]
+                    raw_values += [value, *padding]
+            facts = columns.frame()
+            if archive:
+                facts["raw_key"] = pd.Series(raw_keys, dtype=object)
+                facts["raw_value"] = pd.Series(raw_values, dtype=object)
+            yield facts
         if dlq is not None:
             dlq.flush()
         events_seen.add(seen)
@@ -245,6 +244,15 @@ def decode_batches(
         decode_seconds.add(time.perf_counter() - started)
 
     return run
+
+
+def decode_schema(ctx: JobContext) -> str:
+    """Spark schema of :func:`decode_batches`' output: the facts, plus raw bytes for the lake."""
+    from storeml.models.profiles import FACT_SPARK_SCHEMA
+
+    if ctx.lake_root is None:
+        return FACT_SPARK_SCHEMA
+    return f"{FACT_SPARK_SCHEMA}, raw_key binary, raw_value binary"
 
 
 # --- enrich ------------------------------------------------------------------------------------
@@ -318,6 +326,7 @@ def enrich_bucket(
     """
 
     def run(key: tuple[Any, ...], pdf: pd.DataFrame) -> pd.DataFrame:
+        from storeml.connectors.event_lake import EventLakeSink
         from storeml.connectors.kafka_sink import KafkaRecordSink
         from storeml.connectors.profile_files import write_profiles
         from storeml.connectors.redis_sink import RedisProfileSink
@@ -357,6 +366,23 @@ def enrich_bucket(
         )
         facts = facts_frame(pdf)
         lap("state_s")
+        if ctx.lake_root is not None:
+            raw = pdf.loc[pdf["raw_value"].notna()]
+            lake: EventLakeSink = _client(EventLakeSink, ctx.lake_root)
+            lake.write(
+                raw[
+                    [
+                        "topic",
+                        "partition",
+                        "offset",
+                        "raw_key",
+                        "raw_value",
+                        "store_id",
+                        "event_time",
+                    ]
+                ].rename(columns={"raw_key": "key", "raw_value": "value"})
+            )
+            lap("lake_s")
         delta = fold(state, facts)
         after = apply_delta(state, delta)
         customers = customer_profiles(after, delta, facts)
@@ -445,17 +471,7 @@ def enrich_bucket(
                     "kafka_records": len(encoded),
                     "redis_written": cw + pw,
                     "redis_skipped": cs + ps,
-                    **{
-                        name: timings.get(name, 0.0)
-                        for name in (
-                            "state_s",
-                            "fold_s",
-                            "score_s",
-                            "encode_s",
-                            "kafka_s",
-                            "redis_s",
-                        )
-                    },
+                    **{name: timings.get(name, 0.0) for name in TASK_STAGES},
                     "models": json.dumps(versions, sort_keys=True),
                     "pid": os.getpid(),
                     "cache": json.dumps(cache.stats(), sort_keys=True),
@@ -548,8 +564,6 @@ class EnrichBatch:
         }
 
     def __call__(self, raw: Any, batch_id: int) -> None:
-        from storeml.models.profiles import FACT_SPARK_SCHEMA
-
         started = time.perf_counter()
         spark_context = raw.sparkSession.sparkContext
         counters = (
@@ -561,7 +575,7 @@ class EnrichBatch:
         shadows = self.resolve_models(self.ctx.shadow_alias)
         resolve_s = time.perf_counter() - started
         facts = raw.select("topic", "partition", "offset", "key", "value").mapInPandas(
-            decode_batches(self.ctx, counters), FACT_SPARK_SCHEMA
+            decode_batches(self.ctx, counters), decode_schema(self.ctx)
         )
         metrics = (
             facts.groupBy("bucket")
@@ -569,7 +583,7 @@ class EnrichBatch:
             .collect()
         )
         stages = {"resolve_models_s": resolve_s, "decode_s": counters[2].value}
-        for name in ("state_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s"):
+        for name in TASK_STAGES:
             stages[name] = sum(getattr(row, name) for row in metrics)
         report = BatchReport(
             batch_id=batch_id,
