@@ -6,6 +6,10 @@ a value, a range ``a-b``, a step ``*/n`` or ``a-b/n`` or ``a/n``, or a comma lis
 macros ``@yearly`` (``@annually``), ``@monthly``, ``@weekly``, ``@daily`` (``@midnight``) and
 ``@hourly`` stand for their usual expressions.
 
+An optional sixth field *in front*, second (0-59), makes sub-minute schedules (``*/5 * * * * *``:
+every 5 seconds), as in Spring and Quartz; it is meant for tests and demos. Five-field expressions
+fire at second 0, exactly as before.
+
 As in Vixie cron, when both day of month and day of week are restricted (neither starts with
 ``*``), a day matches if *either* matches. Times are naive or UTC as given: the schedule has no
 time zone of its own.
@@ -20,6 +24,7 @@ from storeml.errors import ConfigError
 
 __all__ = ["CronSchedule", "parse_cron", "next_run"]
 
+_SECOND = ("second", 0, 59)
 _FIELDS = (
     ("minute", 0, 59),
     ("hour", 0, 23),
@@ -50,7 +55,10 @@ _HORIZON_DAYS = 366 * 8
 
 @dataclass(frozen=True)
 class CronSchedule:
-    """A parsed expression: the allowed values of each field (day of week 0-6, Sunday 0)."""
+    """A parsed expression: the allowed values of each field (day of week 0-6, Sunday 0).
+
+    ``seconds`` is ``{0}`` for five-field expressions.
+    """
 
     expression: str
     minutes: frozenset[int]
@@ -60,6 +68,7 @@ class CronSchedule:
     weekdays: frozenset[int]
     days_restricted: bool
     weekdays_restricted: bool
+    seconds: frozenset[int] = frozenset({0})
 
     def _day_matches(self, day: datetime) -> bool:
         if day.month not in self.months:
@@ -70,20 +79,31 @@ class CronSchedule:
             return in_month or in_week
         return in_month and in_week
 
+    @property
+    def has_seconds(self) -> bool:
+        """Whether the expression has the optional seconds field (fires other than at :00)."""
+        return self.seconds != frozenset({0})
+
     def next_after(self, after: datetime) -> datetime | None:
-        """The first run strictly after ``after`` (to the minute), or None if it never runs."""
-        start = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        day = start.replace(hour=0, minute=0)
-        hours, minutes = sorted(self.hours), sorted(self.minutes)
+        """The first run strictly after ``after`` (to the second), or None if it never runs.
+
+        Keeps ``after``'s ``tzinfo`` (naive in, naive out).
+        """
+        start = after.replace(microsecond=0) + timedelta(seconds=1)
+        day = start.replace(hour=0, minute=0, second=0)
+        hours, minutes, seconds = sorted(self.hours), sorted(self.minutes), sorted(self.seconds)
         for offset in range(_HORIZON_DAYS):
             current = day + timedelta(days=offset)
             if not self._day_matches(current):
                 continue
             for hour in hours:
+                if offset == 0 and hour < start.hour:
+                    continue
                 for minute in minutes:
-                    candidate = current.replace(hour=hour, minute=minute)
-                    if candidate >= start:
-                        return candidate
+                    for second in seconds:
+                        candidate = current.replace(hour=hour, minute=minute, second=second)
+                        if candidate >= start:
+                            return candidate
         return None
 
 
@@ -127,16 +147,26 @@ def _field(text: str, field: str, low: int, high: int, names: dict[str, int]) ->
 
 
 def parse_cron(expression: str) -> CronSchedule:
-    """Parse a five-field expression or macro; :class:`ConfigError` names the bad field."""
+    """Parse a five-field expression (or six, seconds first) or a macro.
+
+    :class:`ConfigError` names the bad field.
+    """
     text = " ".join(str(expression).split())
     expanded = _MACROS.get(text.lower(), text)
     parts = expanded.split(" ")
-    if len(parts) != 5:
+    if len(parts) not in (5, 6):
         raise ConfigError(
             f"cron expression {expression!r} has {len(parts)} fields; write 5 (minute hour"
             f" day-of-month month day-of-week), e.g. '0 3 * * *' for 03:00 daily, or a macro"
             f" ({', '.join(_MACROS)})"
         )
+    seconds = {0}
+    if len(parts) == 6:
+        try:
+            seconds = _field(parts[0], *_SECOND, {})
+        except ValueError as exc:
+            raise ConfigError(f"cron expression {expression!r}: {exc}") from exc
+        parts = parts[1:]
     values: list[set[int]] = []
     for text_field, (field, low, high) in zip(parts, _FIELDS, strict=True):
         names = _MONTHS if field == "month" else _DAYS if field == "day of week" else {}
@@ -154,6 +184,7 @@ def parse_cron(expression: str) -> CronSchedule:
         weekdays=frozenset(weekdays),
         days_restricted=not parts[2].startswith("*"),
         weekdays_restricted=not parts[4].startswith("*"),
+        seconds=frozenset(seconds),
     )
     if schedule.next_after(datetime(2000, 1, 1)) is None:
         raise ConfigError(
