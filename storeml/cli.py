@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from storeml.cli_batch import recompute_cmd
+from storeml.cli_batch import batch_transform_cmd, recompute_cmd, schedule_group
 from storeml.cli_models import models
 from storeml.errors import StoremlError
 from storeml.settings import Settings, load_settings
@@ -401,6 +401,8 @@ def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bo
 
 main.add_command(models)
 main.add_command(recompute_cmd)
+main.add_command(batch_transform_cmd)
+main.add_command(schedule_group)
 
 if __name__ == "__main__":
     main()
