@@ -2,7 +2,7 @@
 
 Wiring only; every step is the stream's (``streams/enrich.py``)::
 
-    history ──decode_batches──▶ facts ──groupBy(bucket).applyInPandas(enrich_bucket)──▶ sinks
+    history ──decode_batches──▶ facts ──by bucket: enrich_facts(enrich_bucket)──▶ sinks
     (event lake, or the input topics from their start)
 
 The difference is the state: the stream folds each micro-batch into the state of the previous
@@ -173,14 +173,16 @@ def recompute(
     from pyspark.sql import functions as F
 
     from storeml.streams.enrich import (
-        METRICS_SCHEMA,
         TASK_STAGES,
         EnrichBatch,
         decode_batches,
         decode_schema,
         enrich_bucket,
+        enrich_facts,
         job_context,
         model_versions,
+        partition_labels,
+        shuffle_partitions,
     )
 
     if publish is None:
@@ -212,9 +214,8 @@ def recompute(
     facts = raw.mapInPandas(decode_batches(ctx, counters), decode_schema(ctx))
     if store_list is not None:
         facts = facts.where(F.col("store_id").isin(store_list))
-    job = facts.groupBy("bucket").applyInPandas(
-        enrich_bucket(ctx, None, handles, shadows), METRICS_SCHEMA
-    )
+    labels = partition_labels(spark, ctx.state_buckets, shuffle_partitions(spark))
+    job = enrich_facts(facts, enrich_bucket(ctx, None, handles, shadows), labels)
     context.setJobDescription(f"storeml recompute from {source}")
     if progress:
         with ProgressBar(spark, f"recompute from {source}"):

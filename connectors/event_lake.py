@@ -76,7 +76,7 @@ class EventLakeSink(Sink):
         except OSError as exc:
             raise ConnectorError(
                 f"event lake {self.root} is not writable: {exc}; set STOREML_LAKE_DIR to a folder"
-                " every executor can write (or empty to disable the lake)"
+                " every executor can write (or STOREML_LAKE_ENABLED=false)"
             ) from exc
 
     def write(self, events: pd.DataFrame) -> int:

@@ -37,6 +37,10 @@ return 1
 _JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source", "shadow"}
 
 
+#: One encoder for every JSON field (``json.dumps`` with options builds a new one per call).
+_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
 def profile_key(prefix: str, kind: str, store_id: str, entity_id: str) -> str:
     """The Redis key of one profile (``kind`` is "customer" or "product")."""
     return f"{prefix}:{{{store_id}}}:{kind}:{entity_id}"
@@ -49,7 +53,7 @@ def encode_fields(record: Mapping[str, Any]) -> list[str]:
         if value is None:
             continue
         if name in _JSON_FIELDS:
-            text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+            text = _json(value)
         elif isinstance(value, float):
             text = repr(value)
         else:

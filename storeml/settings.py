@@ -138,9 +138,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Micro-batch interval; 0 = back to back."
     )
     state_buckets: int = Field(
-        default=8,
+        default=2,
         ge=1,
-        description="Hash buckets of the profile state; fixed for the life of a checkpoint.",
+        description="Hash buckets of the profile state, fixed for the life of a checkpoint: one"
+        " pandas fold per bucket and micro-batch, spread over the shuffle partitions. Match the"
+        " cores (local[2]: 2); more buckets only add per-call overhead.",
     )
     state_snapshot_every: int = Field(
         default=20, ge=1, description="Write a full state snapshot every N micro-batches."

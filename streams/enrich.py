@@ -2,7 +2,7 @@
 
 One micro-batch, as wired by :class:`EnrichBatch` (a ``foreachBatch`` function)::
 
-    raw Kafka rows ──mapInPandas(decode)──▶ facts ──groupBy(bucket).applyInPandas(enrich)──▶ metrics
+    raw Kafka rows ──mapInPandas(decode)──▶ facts ──by bucket: mapInPandas(enrich)──▶ metrics
                          │                                   │
                  dead letters (Kafka)        state (checkpoint), profiles (Kafka + Redis)
 
@@ -42,6 +42,9 @@ __all__ = [
     "METRICS_SCHEMA",
     "TASK_STAGES",
     "decode_schema",
+    "enrich_facts",
+    "partition_labels",
+    "shuffle_partitions",
     "job_context",
     "model_versions",
 ]
@@ -301,7 +304,7 @@ def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
     ]
     return [
         ("storeml.profile_version", str(record["profile_version"]).encode()),
-        ("storeml.source", json.dumps(ranges, separators=(",", ":")).encode()),
+        ("storeml.source", _compact_json(ranges).encode()),
         ("storeml.schema", schema.encode()),
         ("storeml.model", _model_label(model).encode()),
     ] + (
@@ -311,6 +314,9 @@ def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
     )
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _model_label(model: dict[str, Any]) -> str:
     return f"{model['name']}:{model['version'] or 'none'}"
 
@@ -318,7 +324,7 @@ def _model_label(model: dict[str, Any]) -> str:
 def enrich_bucket(
     ctx: JobContext, batch_id: int | None, handles: dict[str, Any], shadows: dict[str, Any]
 ) -> Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame]:
-    """applyInPandas function: one state bucket's facts -> state, scores, sinks; returns metrics.
+    """Per-bucket function (run by :func:`enrich_facts`): facts -> state, scores, sinks; metrics.
 
     ``batch_id`` None folds the facts into an empty state and keeps no state (the recompute,
     which sees an entity's whole history at once); otherwise the state of ``batch_id - 1`` is
@@ -519,6 +525,59 @@ def _cache_totals(metrics: list[Any]) -> dict[str, float]:
     return totals
 
 
+def partition_labels(spark: Any, buckets: int, partitions: int) -> dict[int, int]:
+    """For each state bucket, an int whose Spark hash partition is ``bucket % partitions``.
+
+    ``repartition(n, col)`` places rows by ``pmod(hash(col), n)``, which may put several of a few
+    buckets in one partition and leave a core idle (buckets 0 and 1 share a partition of 2). Rows
+    are repartitioned by these labels instead, so buckets spread evenly over the partitions.
+    """
+    from pyspark.sql import functions as F
+
+    candidates = spark.range(0, 64 * max(buckets, partitions)).select(
+        F.col("id").cast("int").alias("label"),
+        F.expr(f"pmod(hash(cast(id as int)), {partitions})").alias("partition"),
+    )
+    free: dict[int, list[int]] = {}
+    for row in candidates.collect():
+        free.setdefault(int(row.partition), []).append(int(row.label))
+    return {bucket: free[bucket % partitions].pop(0) for bucket in range(buckets)}
+
+
+def enrich_facts(
+    facts: Any,
+    run_bucket: Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame],
+    labels: dict[int, int],
+) -> Any:
+    """Metrics DataFrame of ``run_bucket`` applied to each bucket's facts (a lazy Spark plan).
+
+    ``labels`` come from :func:`partition_labels` for the session's shuffle partitions; each
+    partition's Python worker gathers its buckets and hands every bucket's facts whole to
+    ``run_bucket``.
+    """
+    from pyspark.sql import functions as F
+
+    mapping = F.create_map(*[F.lit(v) for pair in sorted(labels.items()) for v in pair])
+    placed = facts.withColumn("_part", mapping[F.col("bucket")]).repartition(
+        shuffle_partitions(facts.sparkSession), "_part"
+    )
+
+    def run(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = [chunk for chunk in chunks if len(chunk)]
+        if not frames:
+            return
+        rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        for bucket, group in rows.groupby("bucket", sort=True):
+            yield run_bucket((bucket,), group.drop(columns="_part").reset_index(drop=True))
+
+    return placed.mapInPandas(run, METRICS_SCHEMA)
+
+
+def shuffle_partitions(spark: Any) -> int:
+    """The session's ``spark.sql.shuffle.partitions``."""
+    return int(spark.conf.get("spark.sql.shuffle.partitions"))
+
+
 # --- driver ------------------------------------------------------------------------------------
 @dataclass
 class BatchReport:
@@ -547,6 +606,7 @@ class EnrichBatch:
         self.ctx = ctx
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
+        self._labels: dict[int, int] | None = None
 
     def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
         """Current targets of ``alias`` (default: the served one) per kind (driver side; a few ms).
@@ -577,11 +637,13 @@ class EnrichBatch:
         facts = raw.select("topic", "partition", "offset", "key", "value").mapInPandas(
             decode_batches(self.ctx, counters), decode_schema(self.ctx)
         )
-        metrics = (
-            facts.groupBy("bucket")
-            .applyInPandas(enrich_bucket(self.ctx, batch_id, handles, shadows), METRICS_SCHEMA)
-            .collect()
-        )
+        if self._labels is None:
+            self._labels = partition_labels(
+                raw.sparkSession, self.ctx.state_buckets, shuffle_partitions(raw.sparkSession)
+            )
+        metrics = enrich_facts(
+            facts, enrich_bucket(self.ctx, batch_id, handles, shadows), self._labels
+        ).collect()
         stages = {"resolve_models_s": resolve_s, "decode_s": counters[2].value}
         for name in TASK_STAGES:
             stages[name] = sum(getattr(row, name) for row in metrics)
