@@ -1029,6 +1029,9 @@ def run_latency(
         "batches": len(reports),
         "mean_batch_events": statistics.fmean([r.events for r in reports]) if reports else None,
         "mean_batch_s": statistics.fmean([r.seconds for r in reports]) if reports else None,
+        "batch_events": [r.events for r in reports],
+        "batch_seconds": [round(r.seconds, 3) for r in reports],
+        "batch_stages_s": [{k: round(v, 3) for k, v in r.stages.items()} for r in reports],
         "poll_errors": poll_errors,
     }
 
