@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from storeml.cli_batch import batch_transform_cmd, recompute_cmd, schedule_group
+from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule_group
 from storeml.cli_models import models
 from storeml.errors import StoremlError
 from storeml.settings import Settings, load_settings
@@ -403,6 +403,7 @@ main.add_command(models)
 main.add_command(recompute_cmd)
 main.add_command(batch_transform_cmd)
 main.add_command(schedule_group)
+main.add_command(lake)
 
 if __name__ == "__main__":
     main()

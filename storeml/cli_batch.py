@@ -22,7 +22,7 @@ from storeml.settings import Settings, load_settings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["recompute_cmd", "batch_transform_cmd", "schedule_group", "parse_time"]
+__all__ = ["lake", "recompute_cmd", "batch_transform_cmd", "schedule_group", "parse_time"]
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -375,3 +375,27 @@ def schedule_run_cmd(
     )
     if counts["failed"] and (once or max_runs is not None):
         sys.exit(1)
+
+
+@click.group("lake")
+def lake() -> None:
+    """The event lake (STOREML_LAKE_DIR): every accepted event, as Parquet by store and date."""
+
+
+@lake.command("compact")
+@click.pass_context
+def lake_compact_cmd(ctx: click.Context) -> None:
+    """Move incoming lake files into the store/date layout (the stream also does it periodically)."""
+    from storeml.connectors.event_lake import compact_lake
+
+    settings = _settings(ctx)
+    if settings.lake_path is None:
+        raise click.ClickException("the event lake is disabled (STOREML_LAKE_ENABLED=false)")
+    total = files = 0
+    try:
+        while (done := compact_lake(settings.lake_path)).incoming_files:
+            total += done.events
+            files += done.incoming_files
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{settings.lake_path}: {files} incoming files ({total:,} events) compacted")

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         default=True,
         description="Archive every accepted event to the event lake (the recompute reads it).",
     )
+    lake_compact_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the stream's driver moves incoming lake files into the"
+        " store/date layout (one file per store and day per compaction).",
+    )
     lake_dir: Path | None = Field(
         default=None,
         description="Event lake: Parquet partitioned by store and event date; default <home>/lake."

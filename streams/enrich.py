@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -91,6 +92,7 @@ class JobContext:
     model_cache_size: int
     transactional_prefix: str | None
     lake_root: str | None = None
+    lake_compact_seconds: float = 60.0
     until_ms: int | None = None
     profiles_dir: str | None = None
     publish: bool = True
@@ -122,6 +124,7 @@ def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext
             f"storeml-enrich-{abs(hash(root)) % 10**8}" if settings.kafka_transactions else None
         ),
         lake_root=str(settings.lake_path) if settings.lake_path else None,
+        lake_compact_seconds=settings.lake_compact_seconds,
     )
 
 
@@ -607,6 +610,8 @@ class EnrichBatch:
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
         self._labels: dict[int, int] | None = None
+        self._compactor: threading.Thread | None = None
+        self._compacted_at = time.monotonic()
 
     def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
         """Current targets of ``alias`` (default: the served one) per kind (driver side; a few ms).
@@ -622,6 +627,35 @@ class EnrichBatch:
             kind: resolve_alias(ctx.tracking_uri, ctx.registry_uri, name, alias) if alias else None
             for kind, name in models.items()
         }
+
+    def _maybe_compact(self) -> None:
+        """Start a lake compaction in a driver thread when one is due and none is running."""
+        if self.ctx.lake_root is None or (self._compactor and self._compactor.is_alive()):
+            return
+        if time.monotonic() - self._compacted_at < self.ctx.lake_compact_seconds:
+            return
+        self._compacted_at = time.monotonic()
+        self._compactor = threading.Thread(
+            target=self._compact, args=(self.ctx.lake_root,), daemon=True, name="storeml-lake"
+        )
+        self._compactor.start()
+
+    @staticmethod
+    def _compact(root: str) -> None:
+        """Compact every incoming lake file (a crash midway loses nothing; see event_lake)."""
+        from storeml.connectors.event_lake import compact_lake
+
+        try:
+            while (done := compact_lake(root)).incoming_files:
+                log.info(
+                    "event lake: %d incoming files (%d events) -> %d files in %.1fs",
+                    done.incoming_files,
+                    done.events,
+                    done.files_written,
+                    done.seconds,
+                )
+        except Exception:  # the stream goes on; incoming files are read as they are
+            log.exception("event lake compaction failed; it is retried at the next interval")
 
     def __call__(self, raw: Any, batch_id: int) -> None:
         started = time.perf_counter()
@@ -662,6 +696,7 @@ class EnrichBatch:
             model_cache=_cache_totals(metrics),
         )
         self.reports.append(report)
+        self._maybe_compact()
         log.info(
             "batch %d: %d events (%d dead letters) -> %d customer, %d product profiles in %.2fs;"
             " models %s; model cache hit rate %.3f, %d store models in memory",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from storeml.connectors.event_lake import EventLakeSink, read_lake
+from storeml.connectors.event_lake import INCOMING, EventLakeSink, compact_lake, read_lake
 from storeml.connectors.profile_files import read_profiles, write_profiles
 from storeml.errors import ConnectorError
 
@@ -32,23 +33,30 @@ def _chunk(topic: str, partition: int, first: int, stores: list[str], day: int =
     )
 
 
-def test_lake_layout_is_by_store_and_date_and_a_replayed_chunk_replaces_its_files(
+def test_writes_land_as_incoming_files_and_compaction_moves_them_by_store_and_date(
     tmp_path: Path,
 ) -> None:
     lake = EventLakeSink(str(tmp_path))
     chunk = _chunk("orders", 0, 100, ["s1", "s2", "s1", "weird/store id"])
-    assert lake.write(chunk) == 3
-    assert lake.write(chunk) == 3  # the replay of the same offsets: same names
+    assert lake.write(chunk.iloc[::-1]) == 1  # rows in any order: the same file
+    assert lake.write(chunk) == 1  # the replay of the same offsets: same name
+    assert [p.name for p in (tmp_path / INCOMING).iterdir()] == ["orders+0+100.parquet"]
+    lake.write(_chunk("orders", 1, 0, ["s2"], day=1))
+
+    done = compact_lake(tmp_path)
+    assert (done.incoming_files, done.events, done.files_written) == (2, 5, 4)
+    assert not list((tmp_path / INCOMING).iterdir())
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
     assert files == [
         "store_id=s1/event_date=2024-01-01/orders+0+100-0.parquet",
         "store_id=s2/event_date=2024-01-01/orders+0+100-0.parquet",
+        "store_id=s2/event_date=2024-01-02/orders+0+100-0.parquet",
         "store_id=weird%2Fstore%20id/event_date=2024-01-01/orders+0+100-0.parquet",
     ]
     table = pq.read_table(tmp_path / files[0])
     assert table.column_names == ["topic", "partition", "offset", "key", "value", "event_time"]
     assert table.column("offset").to_pylist() == [100, 102]
-    assert not any((tmp_path / "_staging").iterdir())
+    assert compact_lake(tmp_path).incoming_files == 0
 
 
 def test_read_lake_prunes_by_store_and_time_and_counts_each_event_once(
@@ -56,9 +64,15 @@ def test_read_lake_prunes_by_store_and_time_and_counts_each_event_once(
 ) -> None:
     lake = EventLakeSink(str(tmp_path))
     lake.write(_chunk("orders", 0, 0, ["s1", "s2", "s1"], day=0))
-    lake.write(_chunk("orders", 0, 3, ["s1", "s3"], day=2))
+    compact_lake(tmp_path)
+    lake.write(_chunk("orders", 0, 3, ["s1", "s3"], day=2))  # not compacted yet
     # a replay cut differently (offsets 1-3 again, from another first offset) adds no event
     lake.write(_chunk("orders", 0, 1, ["s2", "s1", "s1"], day=0).assign(offset=[1, 2, 3]))
+    # a compaction that died before deleting its inputs: its events are in both places
+    shutil.copytree(tmp_path / INCOMING, tmp_path / "copy")
+    compact_lake(tmp_path)
+    for path in (tmp_path / "copy").iterdir():
+        path.rename(tmp_path / INCOMING / path.name)
 
     def offsets(frame: Any) -> list[int]:
         return sorted(row.offset for row in frame.collect())

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
+from storeml.connectors.event_lake import compact_lake
 from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.profile_files import read_profiles
@@ -108,8 +109,9 @@ def test_recompute_from_lake_and_topic_equals_the_stream(
 
     settings = streamed
     good, _ = input_events(settings)
-    # the lake holds every accepted event exactly once, by store and date
+    # the lake holds every accepted event exactly once, by store and date (once compacted)
     assert settings.lake_path is not None
+    compact_lake(settings.lake_path)
     lake = ds.dataset(settings.lake_path, format="parquet", partitioning="hive").to_table()
     coordinates = list(
         zip(*(lake.column(c).to_pylist() for c in ("topic", "partition", "offset")), strict=True)
