@@ -173,8 +173,8 @@ def recompute(
     from pyspark.sql import functions as F
 
     from storeml.streams.enrich import (
-        TASK_STAGES,
         EnrichBatch,
+        batch_totals,
         decode_batches,
         decode_schema,
         enrich_bucket,
@@ -228,24 +228,21 @@ def recompute(
             total = per_store.setdefault(store, [0, 0])
             total[0] += counts[0]
             total[1] += counts[1]
+    totals = batch_totals(metrics)
     summary = RecomputeSummary(
         source=source,
         events=counters[0].value,
         skipped=counters[1].value,
-        customers=sum(row.customers for row in metrics),
-        products=sum(row.products for row in metrics),
-        redis_written=sum(row.redis_written for row in metrics),
-        redis_skipped=sum(row.redis_skipped for row in metrics),
+        customers=totals["customers"],
+        products=totals["products"],
+        redis_written=totals["redis_written"],
+        redis_skipped=totals["redis_skipped"],
         seconds=time.perf_counter() - started,
         stores=per_store,
         models=model_versions(handles, shadows),
         stages={
             "decode_s": counters[2].value,
-            **{
-                name: sum(getattr(row, name) for row in metrics)
-                for name in TASK_STAGES
-                if name not in ("state_s", "lake_s")
-            },
+            **{k: v for k, v in totals["stages"].items() if k not in ("state_s", "lake_s")},
         },
     )
     if on_summary is not None:

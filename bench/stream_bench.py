@@ -423,20 +423,6 @@ def _assigned_consumer(settings: Any) -> Iterator[Any]:
         consumer.close()
 
 
-def _headers(record: Mapping[str, Any], schema: str) -> list[tuple[str, bytes]]:
-    """The replay-safe headers the stream writes (see ``connectors.kafka_sink``)."""
-    model = record["model"]
-    ranges = [
-        [r["topic"], r["partition"], r["first_offset"], r["last_offset"]] for r in record["source"]
-    ]
-    return [
-        ("storeml.profile_version", str(record["profile_version"]).encode()),
-        ("storeml.source", json.dumps(ranges, separators=(",", ":")).encode()),
-        ("storeml.schema", schema.encode()),
-        ("storeml.model", f"{model['name']}:{model['version'] or 'none'}".encode()),
-    ]
-
-
 def _bundles(handles: Mapping[str, Any], settings: Any) -> dict[str, Any]:
     """Opened bundles from a freshly cleared process cache (so each run loads models cold)."""
     from storeml.models.store_models import get_model_cache
@@ -546,6 +532,7 @@ def run_baseline_a(
     from storeml.models.events import validate_order, validate_product
     from storeml.models.scoring import TOP_K, customer_features
     from storeml.schemas.codec import get_codec
+    from storeml.streams.enrich import profile_headers
 
     order_codec, product_codec = get_codec("order_event"), get_codec("product_event")
     customer_codec, product_profile_codec = (
@@ -574,7 +561,7 @@ def run_baseline_a(
             else (product_profile_codec, settings.topic_product_profiles, product_schema)
         )
         key = f"{record['store_id']}|{record[entity]}".encode()
-        producer.produce(topic, key, codec.encode(record), _headers(record, schema))
+        producer.produce(topic, key, codec.encode(record), profile_headers(record, schema))
         fields = encode_fields(record)
         client.hset(
             profile_key(prefix, kind, record["store_id"], record[entity]),
@@ -753,7 +740,7 @@ def run_baseline_b(
     )
     from storeml.models.scoring import score_customers, score_products
     from storeml.schemas.codec import get_codec
-    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS
+    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS, profile_headers
 
     routes = {
         settings.topic_orders: (get_codec("order_event"), validate_order, order_facts),
@@ -825,7 +812,7 @@ def run_baseline_b(
                     settings.topic_customer_profiles,
                     f"{r['store_id']}|{r['customer_id']}".encode(),
                     customer_codec.encode(r),
-                    _headers(r, customer_schema),
+                    profile_headers(r, customer_schema),
                 )
                 for r in customer_records
             ] + [
@@ -833,7 +820,7 @@ def run_baseline_b(
                     settings.topic_product_profiles,
                     f"{r['store_id']}|{r['product_id']}".encode(),
                     product_codec.encode(r),
-                    _headers(r, product_schema),
+                    profile_headers(r, product_schema),
                 )
                 for r in product_records
             ]

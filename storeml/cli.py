@@ -16,15 +16,12 @@ from typing import Any
 import click
 
 from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule_group
+from storeml.cli_common import settings_of
 from storeml.cli_models import models
 from storeml.errors import StoremlError
 from storeml.settings import Settings, load_settings
 
 __all__ = ["main"]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    return ctx.obj["settings"]  # type: ignore[no-any-return]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -97,7 +94,7 @@ def main(
 @click.pass_context
 def show_settings(ctx: click.Context) -> None:
     """Print the effective settings (secrets masked) and what each one means."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         shown = "********" if "password" in name and value is not None else value
@@ -118,7 +115,7 @@ def stack_up_cmd(ctx: click.Context) -> None:
     """Start what is not already running and create the topics."""
     from storeml.stack import stack_up
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     status = _run(lambda: stack_up(settings))
     _run(lambda: _create_topics(settings))
     click.echo(str(status))
@@ -130,7 +127,7 @@ def stack_down_cmd(ctx: click.Context) -> None:
     """Stop what `stack up` started (never a service it found running)."""
     from storeml.stack import stack_down
 
-    click.echo(str(_run(lambda: stack_down(_settings(ctx)))))
+    click.echo(str(_run(lambda: stack_down(settings_of(ctx)))))
 
 
 @stack.command("status")
@@ -139,7 +136,7 @@ def stack_status_cmd(ctx: click.Context) -> None:
     """Show each component: running, external or stopped."""
     from storeml.stack import stack_status
 
-    status = _run(lambda: stack_status(_settings(ctx)))
+    status = _run(lambda: stack_status(settings_of(ctx)))
     click.echo(str(status))
     if not status.ok:
         sys.exit(1)
@@ -194,7 +191,7 @@ def produce(
     from storeml.connectors.event_producer import produce_events
     from storeml.connectors.synthetic import generate
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     _run(lambda: _create_topics(settings))
     config = live_config(stores, events, seed, malformed_fraction=malformed)
     stats = _run(
@@ -241,7 +238,7 @@ def replay_csv_cmd(
     """Replay a CSV transaction log into the order topic (bad rows go to the dead-letter topic)."""
     from storeml.connectors.csv_replay import CsvMapping, replay_csv
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     _run(lambda: _create_topics(settings))
     mapping = CsvMapping(
         customer=customer,
@@ -278,7 +275,7 @@ def train(ctx: click.Context, stores: int, events: int, seed: int, alias: str) -
     """Train per-store models on synthetic history and register them under ALIAS."""
     from storeml.batch.history import train_on_synthetic
 
-    handles = _run(lambda: train_on_synthetic(_settings(ctx), stores, events, seed, alias))
+    handles = _run(lambda: train_on_synthetic(settings_of(ctx), stores, events, seed, alias))
     for kind, handle in handles.items():
         click.echo(f"{kind}: {handle.name} version {handle.version} -> @{alias}")
 
@@ -314,7 +311,7 @@ def stream_run(
     from storeml.streams.enrich import start_enrichment
     from storeml.streams.spark_session import get_spark
 
-    base = _settings(ctx)
+    base = settings_of(ctx)
     updates: dict[str, Any] = {}
     if max_records is not None:
         updates["max_records_per_batch"] = max_records
@@ -355,7 +352,7 @@ def lookup(ctx: click.Context, kind: str, store_id: str, entity_id: str) -> None
     """Print one profile from the Redis feature store."""
     from storeml.connectors.redis_sink import FeatureStore
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     profile = FeatureStore(settings.redis_url, settings.redis_prefix).get(kind, store_id, entity_id)
     if profile is None:
         raise click.ClickException(f"no {kind} profile for store {store_id!r}, id {entity_id!r}")
@@ -372,7 +369,7 @@ def tail(ctx: click.Context, which: str, limit: int) -> None:
     """Print the last records of an output topic, decoded."""
     from storeml.streams.demo import decode_topic
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     for record in _run(lambda: decode_topic(settings, which))[-limit:]:
         click.echo(json.dumps(record, default=str, sort_keys=True))
 
@@ -389,7 +386,7 @@ def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bo
 
     _run(
         lambda: run_demo(
-            _settings(ctx),
+            settings_of(ctx),
             stores=stores,
             events=events,
             seed=seed,

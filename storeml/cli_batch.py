@@ -16,23 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from storeml.cli_common import settings_of
 from storeml.errors import StoremlError
-from storeml.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 __all__ = ["lake", "recompute_cmd", "batch_transform_cmd", "schedule_group", "parse_time"]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict) and isinstance(obj.get("settings"), Settings):
-        return obj["settings"]
-    try:
-        return load_settings()
-    except StoremlError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def parse_time(value: str) -> int:
@@ -52,18 +42,23 @@ def parse_time(value: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _history_source(command: Any) -> Any:
+    """``--from-lake`` (default) / ``--from-topic``, as the ``source`` parameter."""
+    command = click.option(
+        "--from-topic", "source", flag_value="topic", help="Read the input topics from their start."
+    )(command)
+    return click.option(
+        "--from-lake",
+        "source",
+        flag_value="lake",
+        default=True,
+        show_default=False,
+        help="Read history from the event lake (STOREML_LAKE_DIR) [default].",
+    )(command)
+
+
 @click.command("recompute")
-@click.option(
-    "--from-lake",
-    "source",
-    flag_value="lake",
-    default=True,
-    show_default=False,
-    help="Read history from the event lake (STOREML_LAKE_DIR) [default].",
-)
-@click.option(
-    "--from-topic", "source", flag_value="topic", help="Read the input topics from their start."
-)
+@_history_source
 @click.option("--store", "stores", multiple=True, help="Only this store (repeat for several).")
 @click.option(
     "--as-of",
@@ -101,7 +96,7 @@ def recompute_cmd(
     from storeml.batch.recompute import recompute
     from storeml.streams.spark_session import get_spark
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     as_of_ms = parse_time(as_of) if as_of else None
     spark = get_spark(settings, "storeml-recompute")
     try:
@@ -177,7 +172,7 @@ def batch_transform_cmd(
     from storeml.batch.transform import batch_transform
     from storeml.streams.spark_session import get_spark
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     ours = SparkSession.getActiveSession() is None  # else an embedding process owns the session
     spark = get_spark(settings, "storeml-batch-transform")
     try:
@@ -262,17 +257,7 @@ def schedule_list_cmd(packages_dir: str, count: int) -> None:
     default=None,
     help="Root of the predictions [default: <STOREML_HOME>/predictions].",
 )
-@click.option(
-    "--from-lake",
-    "source",
-    flag_value="lake",
-    default=True,
-    show_default=False,
-    help="Recompute profiles from the event lake (STOREML_LAKE_DIR) [default].",
-)
-@click.option(
-    "--from-topic", "source", flag_value="topic", help="Recompute from the input topics instead."
-)
+@_history_source
 @click.option(
     "--lock-dir",
     default=None,
@@ -304,7 +289,7 @@ def schedule_run_cmd(
     from storeml.streams.spark_session import get_spark
 
     log = logging.getLogger("storeml.schedule")
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     sessions: list[SparkSession] = []
     session_lock = threading.Lock()
 
@@ -388,7 +373,7 @@ def lake_compact_cmd(ctx: click.Context) -> None:
     """Move incoming lake files into the store/date layout (the stream also does it periodically)."""
     from storeml.connectors.event_lake import compact_lake
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if settings.lake_path is None:
         raise click.ClickException("the event lake is disabled (STOREML_LAKE_ENABLED=false)")
     total = files = 0

@@ -16,20 +16,11 @@ from typing import Any
 
 import click
 
+from storeml.cli_common import settings_of
 from storeml.errors import StoremlError
-from storeml.settings import Settings, load_settings
+from storeml.settings import Settings
 
 __all__ = ["models"]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict) and isinstance(obj.get("settings"), Settings):
-        return obj["settings"]
-    try:
-        return load_settings()
-    except StoremlError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -115,7 +106,7 @@ def train_cmd(
     seed: int,
 ) -> None:
     """Train the package at PATH from history: one model per store, registered as a version."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         handle, summary = _train(
             settings,
@@ -178,7 +169,7 @@ def list_cmd(ctx: click.Context, contains: str) -> None:
     """Registered models (names containing CONTAINS), their versions and aliases."""
     from storeml.connectors.mlflow_registry import list_models
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         found = list_models(settings.tracking_uri, settings.registry_uri, contains)
     except StoremlError as exc:
@@ -212,7 +203,7 @@ def promote_cmd(ctx: click.Context, name: str, version: str, alias: str | None) 
     """Point ALIAS of model NAME at VERSION; a running stream follows at its next micro-batch."""
     from storeml.connectors.mlflow_registry import promote
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     target_alias = alias or settings.serving_alias
     try:
         previous, handle = promote(
@@ -257,7 +248,7 @@ def compare_cmd(
     from storeml.batch.packages import ALL_STORES, compare_versions
     from storeml.connectors.mlflow_registry import resolve_version
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     champion_ref = champion or settings.serving_alias
     challenger_ref = challenger or settings.shadow_alias or "challenger"
     try:

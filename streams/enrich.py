@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +48,8 @@ __all__ = [
     "shuffle_partitions",
     "job_context",
     "model_versions",
+    "profile_headers",
+    "batch_totals",
 ]
 
 log = logging.getLogger("storeml.stream")
@@ -300,7 +302,8 @@ PRODUCT_FIELDS = [
 ]
 
 
-def _headers(record: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:
+def profile_headers(record: Mapping[str, Any], schema: str) -> list[tuple[str, bytes]]:
+    """The headers of an enriched record that let a consumer drop replays (see the README)."""
     model = record["model"]
     ranges = [
         [r["topic"], r["partition"], r["first_offset"], r["last_offset"]] for r in record["source"]
@@ -435,7 +438,7 @@ def enrich_bucket(
                     ctx.customer_topic,
                     f"{r['store_id']}|{r['customer_id']}".encode(),
                     customer_codec.encode(r),
-                    _headers(r, f"customer_profile/v{customer_codec.version}"),
+                    profile_headers(r, f"customer_profile/v{customer_codec.version}"),
                 )
                 for r in customer_records
             ]
@@ -444,7 +447,7 @@ def enrich_bucket(
                     ctx.product_topic,
                     f"{r['store_id']}|{r['product_id']}".encode(),
                     product_codec.encode(r),
-                    _headers(r, f"product_profile/v{product_codec.version}"),
+                    profile_headers(r, f"product_profile/v{product_codec.version}"),
                 )
                 for r in product_records
             ]
@@ -498,6 +501,16 @@ def _per_store(customers: pd.DataFrame, products: pd.DataFrame) -> dict[str, lis
     for column, frame in enumerate((customers, products)):
         for store, count in frame["store_id"].value_counts().items():
             out.setdefault(str(store), [0, 0])[column] = int(count)
+    return out
+
+
+def batch_totals(metrics: list[Any]) -> dict[str, Any]:
+    """Sums over the bucket tasks' metrics rows: counts, and seconds per :data:`TASK_STAGES`."""
+    out: dict[str, Any] = {
+        name: sum(getattr(row, name) for row in metrics)
+        for name in ("facts", "customers", "products", "redis_written", "redis_skipped")
+    }
+    out["stages"] = {name: sum(getattr(row, name) for row in metrics) for name in TASK_STAGES}
     return out
 
 
@@ -678,20 +691,22 @@ class EnrichBatch:
         metrics = enrich_facts(
             facts, enrich_bucket(self.ctx, batch_id, handles, shadows), self._labels
         ).collect()
-        stages = {"resolve_models_s": resolve_s, "decode_s": counters[2].value}
-        for name in TASK_STAGES:
-            stages[name] = sum(getattr(row, name) for row in metrics)
+        totals = batch_totals(metrics)
         report = BatchReport(
             batch_id=batch_id,
             events=counters[0].value,
             dead_letters=counters[1].value,
-            facts=sum(row.facts for row in metrics),
-            customers=sum(row.customers for row in metrics),
-            products=sum(row.products for row in metrics),
-            redis_written=sum(row.redis_written for row in metrics),
-            redis_skipped=sum(row.redis_skipped for row in metrics),
+            facts=totals["facts"],
+            customers=totals["customers"],
+            products=totals["products"],
+            redis_written=totals["redis_written"],
+            redis_skipped=totals["redis_skipped"],
             seconds=time.perf_counter() - started,
-            stages=stages,
+            stages={
+                "resolve_models_s": resolve_s,
+                "decode_s": counters[2].value,
+                **totals["stages"],
+            },
             models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
         )
