@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import emit
 from bench.stream_bench import (
     _fmt,
     _kv,
@@ -226,11 +226,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
     args = build_parser().parse_args(argv)
     _quiet()
     results = run(args)
-    out(format_report(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-        out(f"\nresults written to {args.json}")
+    emit(results, format_report(results), args.json, out)
     return 0
 
 

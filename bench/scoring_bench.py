@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import emit
+
 __all__ = [
     "TARGET_RATIO",
     "TARGET_RSS_BYTES",
@@ -635,11 +637,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         Path(target).write_text(json.dumps(result))
         return 0
     results = run(args)
-    out(format_report(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-        out(f"\nresults written to {args.json}")
+    emit(results, format_report(results), args.json, out)
     return 0
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.common import emit
 
 __all__ = [
     "TARGET_EVENTS_PER_S",
@@ -1423,11 +1424,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
     args = build_parser().parse_args(argv)
     _quiet()
     results = run(args)
-    out(format_report(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-        out(f"\nresults written to {args.json}")
+    emit(results, format_report(results), args.json, out)
     return 0
 
 
