@@ -214,14 +214,7 @@ def read_lake(
     appears once. Raises :class:`ConnectorError` when the lake holds no events at all.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import (
-        BinaryType,
-        IntegerType,
-        LongType,
-        StringType,
-        StructField,
-        StructType,
-    )
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     compacted = any(Path(root).glob("store_id=*"))
     incoming = [str(p) for p in Path(root, INCOMING).glob("*.parquet")]
@@ -230,18 +223,7 @@ def read_lake(
             f"the event lake {root} holds no events; run the stream with STOREML_LAKE_ENABLED,"
             " or recompute --from-topic"
         )
-    schema = StructType(
-        [
-            StructField("topic", StringType()),
-            StructField("partition", IntegerType()),
-            StructField("offset", LongType()),
-            StructField("key", BinaryType()),
-            StructField("value", BinaryType()),
-            StructField("event_time", LongType()),
-            StructField("store_id", StringType()),
-            StructField("event_date", StringType()),
-        ]
-    )
+    schema = from_arrow_schema(INCOMING_SCHEMA)  # compacted files: the last two from the path
     parts = []
     # a compaction may delete incoming files after they were listed: they were compacted first
     reader = spark.read.schema(schema).option("ignoreMissingFiles", "true")
