@@ -173,6 +173,7 @@ def recompute(
     from pyspark.sql import functions as F
 
     from storeml.streams.enrich import (
+        DECODE_STATS,
         EnrichBatch,
         batch_totals,
         decode_batches,
@@ -210,10 +211,9 @@ def recompute(
     shadows = resolver.resolve_models(ctx.shadow_alias)
     raw = read_history(spark, settings, source, stores=store_list, until_ms=as_of_ms)
     context = spark.sparkContext
-    counters = (context.accumulator(0), context.accumulator(0), context.accumulator(0.0))
-    facts = raw.mapInPandas(decode_batches(ctx, counters), decode_schema(ctx))
-    if store_list is not None:
-        facts = facts.where(F.col("store_id").isin(store_list))
+    facts = raw.mapInPandas(decode_batches(ctx), decode_schema(ctx))
+    if store_list is not None:  # the decode tasks' count rows have no store
+        facts = facts.where((F.col("kind") == DECODE_STATS) | F.col("store_id").isin(store_list))
     labels = partition_labels(spark, ctx.state_buckets, shuffle_partitions(spark))
     job = enrich_facts(facts, enrich_bucket(ctx, None, handles, shadows), labels)
     context.setJobDescription(f"storeml recompute from {source}")
@@ -231,8 +231,8 @@ def recompute(
     totals = batch_totals(metrics)
     summary = RecomputeSummary(
         source=source,
-        events=counters[0].value,
-        skipped=counters[1].value,
+        events=totals["events"],
+        skipped=totals["dead_letters"],
         customers=totals["customers"],
         products=totals["products"],
         redis_written=totals["redis_written"],
@@ -240,10 +240,7 @@ def recompute(
         seconds=time.perf_counter() - started,
         stores=per_store,
         models=model_versions(handles, shadows),
-        stages={
-            "decode_s": counters[2].value,
-            **{k: v for k, v in totals["stages"].items() if k not in ("state_s", "lake_s")},
-        },
+        stages={k: v for k, v in totals["stages"].items() if k not in ("state_s", "lake_s")},
     )
     if on_summary is not None:
         on_summary(summary)

@@ -34,6 +34,11 @@ Options (names are case-insensitive):
   (unlisted partitions: latest). Ends are exclusive.
 - ``maxRecordsPerTrigger``: most records in one micro-batch (default 50000), spread evenly over
   the partitions that have data; ``Trigger.AvailableNow`` honours it too.
+- ``maxPartitions``: most Spark partitions (tasks) per read. By default each topic partition with
+  records is one task; with a cap, the ranges are packed into at most that many tasks of about
+  equal record counts (each task reads its ranges one after the other). Every task of a Python
+  data source costs a fixed ~40 ms here, so a stream of small micro-batches should read with about
+  one task per core (:func:`pack_ranges`).
 - ``watermarkMethod``: ``list_offsets`` (default; Apache Kafka, Confluent, Redpanda) or ``fetch``
   (brokers whose ListOffsets answer is wrong, like Tansu); see :mod:`storeml.connectors.kafka_admin`
   and ``watermark_method_for(settings.kafka_flavor)``.
@@ -102,6 +107,8 @@ __all__ = [
     "SOURCE_NAME",
     "KafkaDataSource",
     "KafkaInputPartition",
+    "KafkaRangeGroup",
+    "pack_ranges",
     "KafkaStreamReader",
     "KafkaBatchReader",
     "SourceOptions",
@@ -158,6 +165,7 @@ _KNOWN = {
     "startingoffsets": "startingOffsets",
     "endingoffsets": "endingOffsets",
     "maxrecordspertrigger": "maxRecordsPerTrigger",
+    "maxpartitions": "maxPartitions",
     "watermarkmethod": "watermarkMethod",
     "timeoutseconds": "timeoutSeconds",
 }
@@ -175,6 +183,7 @@ class SourceOptions:
     starting: OffsetSpec = "earliest"
     ending: OffsetSpec = "latest"
     max_records: int = DEFAULT_MAX_RECORDS
+    max_partitions: int | None = None
     watermark_method: WatermarkMethod = "list_offsets"
     timeout: float = DEFAULT_TIMEOUT
     kafka: dict[str, str] = field(default_factory=dict)
@@ -265,6 +274,11 @@ def parse_options(options: Mapping[str, str], batch: bool = False) -> SourceOpti
             values.get("maxrecordspertrigger", str(DEFAULT_MAX_RECORDS)),
             int,
         ),
+        max_partitions=(
+            _positive("maxPartitions", values["maxpartitions"], int)
+            if "maxpartitions" in values
+            else None
+        ),
         watermark_method=watermark_method,
         timeout=_positive(
             "timeoutSeconds", values.get("timeoutseconds", str(DEFAULT_TIMEOUT)), float
@@ -333,6 +347,33 @@ class KafkaInputPartition(InputPartition):
     partition: int
     start: int
     end: int
+
+
+@dataclass
+class KafkaRangeGroup(InputPartition):
+    """Several ranges read one after the other by one task (see ``maxPartitions``)."""
+
+    ranges: tuple[KafkaInputPartition, ...]
+
+
+def pack_ranges(
+    ranges: Sequence[KafkaInputPartition], max_partitions: int | None
+) -> list[KafkaInputPartition | KafkaRangeGroup]:
+    """At most ``max_partitions`` Spark partitions of about equal record counts.
+
+    Largest range first, each into the group with the fewest records so far (ties: the lowest
+    group), so the result is deterministic for the same ranges. Without a cap, or with no more
+    ranges than the cap, every range stays a partition of its own.
+    """
+    if max_partitions is None or len(ranges) <= max_partitions:
+        return list(ranges)
+    groups: list[list[KafkaInputPartition]] = [[] for _ in range(max_partitions)]
+    sizes = [0] * max_partitions
+    for part in sorted(ranges, key=lambda r: (-(r.end - r.start), r.topic, r.partition)):
+        target = min(range(max_partitions), key=lambda g: (sizes[g], g))
+        groups[target].append(part)
+        sizes[target] += part.end - part.start
+    return [KafkaRangeGroup(tuple(group)) for group in groups if group]
 
 
 def _arrow_schema(schema: StructType) -> pa.Schema:
@@ -455,7 +496,7 @@ class KafkaDataSource(DataSource):
     def name(cls) -> str:
         return SOURCE_NAME
 
-    def schema(self) -> StructType:
+    def schema(self) -> StructType | str:
         return KAFKA_SCHEMA
 
     def reader(self, schema: StructType) -> KafkaBatchReader:
@@ -504,19 +545,25 @@ class _RangeReader:
 
     def _ranges(
         self, start: Mapping[TopicPartitionKey, int], end: Mapping[TopicPartitionKey, int]
-    ) -> list[KafkaInputPartition]:
-        return [
+    ) -> list[KafkaInputPartition | KafkaRangeGroup]:
+        ranges = [
             KafkaInputPartition(topic, part, start[(topic, part)], stop)
             for (topic, part), stop in sorted(end.items())
             if (topic, part) in start and stop > start[(topic, part)]
         ]
+        return pack_ranges(ranges, self.options.max_partitions)
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        if not isinstance(partition, KafkaInputPartition):
+        if isinstance(partition, KafkaInputPartition):
+            ranges: tuple[KafkaInputPartition, ...] = (partition,)
+        elif isinstance(partition, KafkaRangeGroup):
+            ranges = partition.ranges
+        else:
             raise ConnectorError(f"{SOURCE_NAME} cannot read partition {partition!r}")
         if self._arrow is None:
             self._arrow = _arrow_schema(self.schema)
-        return _read_range(self.options, partition, self._arrow)
+        arrow = self._arrow
+        return (batch for part in ranges for batch in _read_range(self.options, part, arrow))
 
 
 class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAvailableNow):

@@ -13,7 +13,12 @@ Spark's state store:
   the same offsets, reads ``v - 1`` again and rewrites the same delta, so a crash at any point
   leaves no trace (deltas above the last committed batch are simply overwritten);
 * each Python worker keeps the latest version of every bucket it served in memory and catches up by
-  reading only the deltas it missed.
+  reading only the deltas it missed (Spark hands a bucket's task to any idle worker);
+* a delta is written in a background thread while the task scores and writes its sinks; the task
+  waits for it before it ends (:meth:`ProfileStateStore.commit` returns the future), so the state
+  is durable before Spark commits the batch. Snapshots are written and old files cleaned in the
+  background without waiting: a snapshot only shortens recovery, and one cut off by a crash is
+  incomplete and ignored.
 
 Layout: ``<root>/bucket=<k>/<version>-<delta|snapshot>-<table>.parquet``. Works on local disk or any
 mounted shared filesystem (object stores are not supported yet).
@@ -26,6 +31,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +42,13 @@ import pyarrow.parquet as pq
 from storeml.errors import StateError
 from storeml.models.profiles import ProfileState, StateDelta, apply_delta
 
-__all__ = ["ProfileStateStore", "StateStoreStats", "clear_cache", "cache_stats"]
+__all__ = [
+    "ProfileStateStore",
+    "StateStoreStats",
+    "clear_cache",
+    "cache_stats",
+    "wait_for_snapshots",
+]
 
 _FILE = re.compile(r"^(\d{12})-(delta|snapshot)-(customers|categories|products)\.parquet$")
 _TABLES = ProfileState.TABLES
@@ -56,6 +68,15 @@ class StateStoreStats:
 _cache: dict[tuple[str, int], tuple[int, ProfileState]] = {}
 _cache_lock = threading.Lock()
 _stats = StateStoreStats()
+_delta_writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storeml-state-delta")
+_snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storeml-state-snapshot")
+_snapshots: list[Future[None]] = []
+
+
+def wait_for_snapshots() -> None:
+    """Block until this process's background snapshots are written (tests; clean shutdowns)."""
+    while _snapshots:
+        _snapshots.pop().result()
 
 
 def clear_cache() -> None:
@@ -119,15 +140,29 @@ class ProfileStateStore:
             _stats.hits += 1
             return cached[1]
         started = time.perf_counter()
+        try:
+            state = self._load_files(version, cached)
+        except FileNotFoundError:  # a cleaning in another process took a delta we listed
+            state = self._load_files(version, None)
+        with _cache_lock:
+            _cache[key] = (version, state)
+        _stats.load_seconds += time.perf_counter() - started
+        return state
+
+    def _load_files(self, version: int, cached: tuple[int, ProfileState] | None) -> ProfileState:
         files = self._files()
-        snapshots = [
-            v
-            for v, kinds in files.items()
-            if v <= version and len(kinds.get("snapshot", {})) == len(_TABLES)
+        complete = [
+            v for v, kinds in files.items() if len(kinds.get("snapshot", {})) == len(_TABLES)
         ]
-        # Catch up from the cached version only when no snapshot lies in between: older deltas may
-        # have been cleaned away behind a snapshot, and a missing delta means "bucket untouched".
-        if cached is not None and cached[0] < version and not any(v > cached[0] for v in snapshots):
+        snapshots = [v for v in complete if v <= version]
+        # A missing delta means "bucket untouched in that batch", except for versions at or below
+        # the oldest snapshot, whose deltas a cleaning may have deleted: catch up from the cached
+        # version only when it is not below that snapshot.
+        if (
+            cached is not None
+            and cached[0] < version
+            and (not complete or cached[0] >= min(complete))
+        ):
             base_version, state = cached
             _stats.catch_ups += 1
         else:
@@ -144,21 +179,29 @@ class ProfileStateStore:
                     " the checkpoint was damaged outside storeml; restore it or start a new one"
                 )
             state = apply_delta(state, StateDelta.from_tables(self._read(files[v]["delta"])))
-        with _cache_lock:
-            _cache[key] = (version, state)
-        _stats.load_seconds += time.perf_counter() - started
         return state
 
-    def commit(self, version: int, delta: StateDelta, after: ProfileState) -> None:
-        """Persist ``delta`` as version ``version`` (``after`` = the state it produces)."""
+    def commit(self, version: int, delta: StateDelta, after: ProfileState) -> Future[None]:
+        """Persist ``delta`` as version ``version`` (``after`` = the state it produces).
+
+        The delta is written in a background thread: wait for the returned future before the
+        micro-batch ends. A due snapshot follows in the background, nobody waits for it.
+        """
+        return _delta_writer.submit(self._commit, version, delta, after)
+
+    def _commit(self, version: int, delta: StateDelta, after: ProfileState) -> None:
         started = time.perf_counter()
         self._write(version, "delta", delta.tables())
-        if version > 0 and version % self.snapshot_every == 0:
-            self._write(version, "snapshot", after.tables())
-            self._clean(version)
         with _cache_lock:
             _cache[(str(self.folder), self.bucket)] = (version, after)
+        if version > 0 and version % self.snapshot_every == 0:
+            _snapshots[:] = [f for f in _snapshots if not f.done()]
+            _snapshots.append(_snapshot_writer.submit(self._snapshot, version, after))
         _stats.commit_seconds += time.perf_counter() - started
+
+    def _snapshot(self, version: int, after: ProfileState) -> None:
+        self._write(version, "snapshot", after.tables())
+        self._clean(version)
 
     def _clean(self, version: int) -> None:
         """Drop files no longer needed to restore any of the last ``retain`` versions."""

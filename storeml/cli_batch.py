@@ -371,16 +371,16 @@ def lake() -> None:
 @click.pass_context
 def lake_compact_cmd(ctx: click.Context) -> None:
     """Move incoming lake files into the store/date layout (the stream also does it periodically)."""
-    from storeml.connectors.event_lake import compact_lake
+    from storeml.connectors.event_lake import compact_all
 
     settings = settings_of(ctx)
     if settings.lake_path is None:
         raise click.ClickException("the event lake is disabled (STOREML_LAKE_ENABLED=false)")
-    total = files = 0
     try:
-        while (done := compact_lake(settings.lake_path)).incoming_files:
-            total += done.events
-            files += done.incoming_files
+        done = compact_all(settings.lake_path)
     except StoremlError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{settings.lake_path}: {files} incoming files ({total:,} events) compacted")
+    click.echo(
+        f"{settings.lake_path}: {done.incoming_files} incoming files ({done.events:,} events)"
+        " compacted"
+    )

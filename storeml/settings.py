@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     )
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     max_records_per_batch: int = Field(default=50_000, ge=1)
+    source_tasks: int = Field(
+        default=0,
+        ge=0,
+        description="Most Spark tasks reading one micro-batch from Kafka (topic-partition ranges"
+        " are packed into them); 0 = the session's spark.sql.shuffle.partitions. Each task costs a"
+        " fixed ~40 ms, so about one per core keeps small micro-batches fast.",
+    )
     trigger_seconds: float = Field(
         default=0.0, ge=0, description="Micro-batch interval; 0 = back to back."
     )

@@ -2,13 +2,13 @@
 
 One micro-batch, as wired by :class:`EnrichBatch` (a ``foreachBatch`` function)::
 
-    raw Kafka rows ──mapInPandas(decode)──▶ facts ──by bucket: mapInPandas(enrich)──▶ metrics
-                         │                                   │
-                 dead letters (Kafka)        state (checkpoint), profiles (Kafka + Redis)
+    Kafka ranges ──read + decode (streams/event_source)──▶ facts ──by bucket: mapInPandas(enrich)──▶ metrics
+                         │                                                  │
+                 dead letters (Kafka)                       state (checkpoint), profiles (Kafka + Redis)
 
-* decode: Avro single-object messages are decoded and validated; bad ones go to the dead-letter
-  topic with the reason and the original bytes, the rest become fact rows tagged with their store's
-  state bucket;
+* decode (:func:`decode_frames`, inside the source's read task): Avro single-object messages are
+  decoded and validated; bad ones go to the dead-letter topic with the reason and the original
+  bytes, the rest become fact rows tagged with their store's state bucket;
 * enrich (one call per bucket): load the bucket's state as of the previous batch, fold the facts,
   commit the new state version, score each store's touched profiles with one model call per store,
   write the profiles to Kafka and Redis.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -39,6 +39,8 @@ __all__ = [
     "start_enrichment",
     "source_options",
     "decode_batches",
+    "decode_frames",
+    "DECODE_STATS",
     "enrich_bucket",
     "METRICS_SCHEMA",
     "TASK_STAGES",
@@ -60,8 +62,10 @@ METRICS_SCHEMA = (
     "bucket int, facts long, customers long, products long, kafka_records long,"
     " redis_written long, redis_skipped long, "
     + ", ".join(f"{name} double" for name in TASK_STAGES)
-    + ", models string, pid long, cache string, stores string"
+    + ", models string, pid long, cache string, stores string,"
+    " events long, dead_letters long, decode_s double"
 )
+_COUNTS = ("facts", "customers", "products", "redis_written", "redis_skipped")
 
 
 @dataclass(frozen=True)
@@ -143,124 +147,132 @@ def _client(kind: type, *args: Any) -> Any:
 
 
 # --- decode ------------------------------------------------------------------------------------
-def decode_batches(
-    ctx: JobContext, counters: tuple[Any, Any, Any]
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """mapInPandas function: raw Kafka rows -> fact rows; bad messages -> dead-letter topic.
+#: ``kind`` of the one row per decode task that carries its counts (columns ``decode_*``).
+DECODE_STATS = "decode_stats"
+_STATS_COLUMNS = ("decode_events", "decode_dead_letters", "decode_s")
 
-    With the event lake on (``ctx.lake_root``), each accepted event's key and value ride along on
-    its first fact row (``raw_key``/``raw_value``, :func:`decode_schema`) to the bucket task, which
-    archives them: one file per store and day per micro-batch bucket, not per decode chunk.
+
+def decode_frames(ctx: JobContext, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Raw Kafka rows -> fact rows; bad messages -> dead-letter topic; then one stats row.
+
+    ``frames`` have the Kafka source's ``topic, partition, offset, key, value`` columns. The last
+    frame yielded is a single row of kind :data:`DECODE_STATS` whose ``decode_events``,
+    ``decode_dead_letters`` and ``decode_s`` say what this call did (the stream reports them per
+    micro-batch). With the event lake on (``ctx.lake_root``), each accepted event's key and value
+    ride along on its first fact row (``raw_key``/``raw_value``, :func:`decode_schema`) to the
+    bucket task, which archives them.
     """
+    from storeml.connectors.dead_letter import DeadLetterSink
+    from storeml.errors import CodecError
+    from storeml.models.events import FactColumns, bucket_of, validate_order, validate_product
+    from storeml.models.profiles import facts_frame
+    from storeml.schemas.codec import get_codec
+
+    dlq: DeadLetterSink | None = (
+        _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic) if ctx.dead_letter_topic else None
+    )
+    archive = ctx.lake_root is not None
+    seen = bad = 0
+    seconds = 0.0
+
+    def reject(*args: Any) -> None:
+        nonlocal bad
+        bad += 1
+        if dlq is not None:
+            dlq.send(*args)
+
+    routes = {
+        ctx.orders_topic: (get_codec("order_event"), validate_order, FactColumns.add_order),
+        ctx.products_topic: (get_codec("product_event"), validate_product, FactColumns.add_product),
+    }
+    buckets: dict[str, int] = {}
+    for frame in frames:
+        started = time.perf_counter()
+        columns = FactColumns()
+        raw_keys: list[Any] = []
+        raw_values: list[Any] = []
+        for topic, partition, offset, key, value in zip(
+            frame["topic"],
+            frame["partition"],
+            frame["offset"],
+            frame["key"],
+            frame["value"],
+            strict=True,
+        ):
+            seen += 1
+            route = routes.get(topic)
+            if route is None:
+                reject(
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    value,
+                    "decode",
+                    "UnknownTopic",
+                    f"no decoder for topic {topic!r}",
+                )
+                continue
+            codec, validate, to_facts = route
+            try:
+                record = codec.decode(value)
+            except CodecError as exc:
+                reject(topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc))
+                continue
+            reason = validate(record)
+            if reason is not None:
+                reject(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
+                continue
+            if ctx.until_ms is not None and record["event_time"] > ctx.until_ms:
+                continue  # recompute --as-of: not yet happened
+            store = record["store_id"]
+            bucket = buckets.get(store)
+            if bucket is None:
+                bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
+            before = len(columns)
+            to_facts(columns, record, topic, int(partition), int(offset), bucket)
+            if archive and len(columns) > before:
+                padding = [None] * (len(columns) - before - 1)
+                raw_keys += [key, *padding]
+                raw_values += [value, *padding]
+        facts = columns.frame()
+        if archive:
+            facts["raw_key"] = pd.Series(raw_keys, dtype=object)
+            facts["raw_value"] = pd.Series(raw_values, dtype=object)
+        for name in _STATS_COLUMNS:
+            facts[name] = None
+        seconds += time.perf_counter() - started
+        if len(facts):
+            yield facts
+    started = time.perf_counter()
+    if dlq is not None:
+        dlq.flush()
+    stats = facts_frame([{"bucket": -1, "kind": DECODE_STATS}])
+    if archive:
+        stats["raw_key"] = stats["raw_value"] = None
+    stats["decode_events"] = seen
+    stats["decode_dead_letters"] = bad
+    stats["decode_s"] = seconds + time.perf_counter() - started
+    yield stats
+
+
+def decode_batches(ctx: JobContext) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """:func:`decode_frames` as a ``mapInPandas`` function (schema :func:`decode_schema`)."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from storeml.connectors.dead_letter import DeadLetterSink
-        from storeml.errors import CodecError
-        from storeml.models.events import (
-            FactColumns,
-            bucket_of,
-            validate_order,
-            validate_product,
-        )
-        from storeml.schemas.codec import get_codec
-
-        events_seen, dead_letters, decode_seconds = counters
-        dlq: DeadLetterSink | None = (
-            _client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic)
-            if ctx.dead_letter_topic
-            else None
-        )
-        archive = ctx.lake_root is not None
-
-        seen = bad = 0
-
-        def reject(*args: Any) -> None:
-            nonlocal bad
-            bad += 1
-            if dlq is not None:
-                dlq.send(*args)
-
-        routes = {
-            ctx.orders_topic: (get_codec("order_event"), validate_order, FactColumns.add_order),
-            ctx.products_topic: (
-                get_codec("product_event"),
-                validate_product,
-                FactColumns.add_product,
-            ),
-        }
-        buckets: dict[str, int] = {}
-        started = time.perf_counter()
-        for frame in batches:
-            columns = FactColumns()
-            raw_keys: list[Any] = []
-            raw_values: list[Any] = []
-            for topic, partition, offset, key, value in zip(
-                frame["topic"],
-                frame["partition"],
-                frame["offset"],
-                frame["key"],
-                frame["value"],
-                strict=True,
-            ):
-                seen += 1
-                route = routes.get(topic)
-                if route is None:
-                    reject(
-                        topic,
-                        partition,
-                        offset,
-                        key,
-                        value,
-                        "decode",
-                        "UnknownTopic",
-                        f"no decoder for topic {topic!r}",
-                    )
-                    continue
-                codec, validate, to_facts = route
-                try:
-                    record = codec.decode(value)
-                except CodecError as exc:
-                    reject(
-                        topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc)
-                    )
-                    continue
-                reason = validate(record)
-                if reason is not None:
-                    reject(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
-                    continue
-                if ctx.until_ms is not None and record["event_time"] > ctx.until_ms:
-                    continue  # recompute --as-of: not yet happened
-                store = record["store_id"]
-                bucket = buckets.get(store)
-                if bucket is None:
-                    bucket = buckets[store] = bucket_of(store, ctx.state_buckets)
-                before = len(columns)
-                to_facts(columns, record, topic, int(partition), int(offset), bucket)
-                if archive and len(columns) > before:
-                    padding = [None] * (len(columns) - before - 1)
-                    raw_keys += [key, *padding]
-                    raw_values += [value, *padding]
-            facts = columns.frame()
-            if archive:
-                facts["raw_key"] = pd.Series(raw_keys, dtype=object)
-                facts["raw_value"] = pd.Series(raw_values, dtype=object)
-            yield facts
-        if dlq is not None:
-            dlq.flush()
-        events_seen.add(seen)
-        dead_letters.add(bad)
-        decode_seconds.add(time.perf_counter() - started)
+        return decode_frames(ctx, batches)
 
     return run
 
 
 def decode_schema(ctx: JobContext) -> str:
-    """Spark schema of :func:`decode_batches`' output: the facts, plus raw bytes for the lake."""
+    """Spark schema of :func:`decode_frames`' output: facts, raw bytes for the lake, counts."""
     from storeml.models.profiles import FACT_SPARK_SCHEMA
 
-    if ctx.lake_root is None:
-        return FACT_SPARK_SCHEMA
-    return f"{FACT_SPARK_SCHEMA}, raw_key binary, raw_value binary"
+    raw = "" if ctx.lake_root is None else ", raw_key binary, raw_value binary"
+    return (
+        f"{FACT_SPARK_SCHEMA}{raw}, decode_events long, decode_dead_letters long, decode_s double"
+    )
 
 
 # --- enrich ------------------------------------------------------------------------------------
@@ -400,8 +412,11 @@ def enrich_bucket(
         customers = customer_profiles(after, delta, facts)
         products = product_profiles(after, delta, facts)
         lap("fold_s")
-        if store is not None and batch_id is not None:
-            store.commit(batch_id, delta, after)
+        committed = (
+            store.commit(batch_id, delta, after)  # written while we score and write the sinks
+            if store is not None and batch_id is not None
+            else None
+        )
         lap("state_s")
 
         cache = get_model_cache(ctx.model_cache_size)
@@ -471,6 +486,9 @@ def enrich_bucket(
             cw, cs = redis_sink.write("customer", customer_records, "customer_id")
             pw, ps = redis_sink.write("product", product_records, "product_id")
             lap("redis_s")
+        if committed is not None:
+            committed.result()  # the state is durable before Spark commits the batch
+            lap("state_s")
 
         versions = model_versions(handles, shadows)
         return pd.DataFrame(
@@ -488,11 +506,31 @@ def enrich_bucket(
                     "pid": os.getpid(),
                     "cache": json.dumps(cache.stats(), sort_keys=True),
                     "stores": json.dumps(_per_store(customers, products)),
+                    "events": 0,
+                    "dead_letters": 0,
+                    "decode_s": 0.0,
                 }
             ]
         )
 
     return run
+
+
+def _decode_metrics(stats: pd.DataFrame) -> pd.DataFrame:
+    """One metrics row (bucket -1) with the counts of :data:`DECODE_STATS` rows."""
+    row: dict[str, Any] = {name: 0 for name in ("bucket", "kafka_records", *_COUNTS)}
+    row.update({name: 0.0 for name in TASK_STAGES})
+    row.update(
+        bucket=-1,
+        models="{}",
+        pid=os.getpid(),
+        cache="",
+        stores="{}",
+        events=int(stats["decode_events"].sum()),
+        dead_letters=int(stats["decode_dead_letters"].sum()),
+        decode_s=float(stats["decode_s"].sum()),
+    )
+    return pd.DataFrame([row])
 
 
 def _per_store(customers: pd.DataFrame, products: pd.DataFrame) -> dict[str, list[int]]:
@@ -508,9 +546,11 @@ def batch_totals(metrics: list[Any]) -> dict[str, Any]:
     """Sums over the bucket tasks' metrics rows: counts, and seconds per :data:`TASK_STAGES`."""
     out: dict[str, Any] = {
         name: sum(getattr(row, name) for row in metrics)
-        for name in ("facts", "customers", "products", "redis_written", "redis_skipped")
+        for name in (*_COUNTS, "events", "dead_letters")
     }
-    out["stages"] = {name: sum(getattr(row, name) for row in metrics) for name in TASK_STAGES}
+    out["stages"] = {
+        name: sum(getattr(row, name) for row in metrics) for name in ("decode_s", *TASK_STAGES)
+    }
     return out
 
 
@@ -530,7 +570,8 @@ def _cache_totals(metrics: list[Any]) -> dict[str, float]:
     """
     latest: dict[int, dict[str, float]] = {}
     for row in metrics:
-        latest[int(row.pid)] = json.loads(row.cache)
+        if row.cache:  # decode rows carry none
+            latest[int(row.pid)] = json.loads(row.cache)
     totals: dict[str, float] = {}
     for stats in latest.values():
         for name, value in stats.items():
@@ -569,7 +610,8 @@ def enrich_facts(
 
     ``labels`` come from :func:`partition_labels` for the session's shuffle partitions; each
     partition's Python worker gathers its buckets and hands every bucket's facts whole to
-    ``run_bucket``.
+    ``run_bucket``. The decode tasks' :data:`DECODE_STATS` rows become one metrics row (bucket
+    -1) per partition that received any.
     """
     from pyspark.sql import functions as F
 
@@ -583,6 +625,10 @@ def enrich_facts(
         if not frames:
             return
         rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        stats = rows["kind"] == DECODE_STATS
+        if stats.any():
+            yield _decode_metrics(rows[stats])
+            rows = rows[~stats]
         for bucket, group in rows.groupby("bucket", sort=True):
             yield run_bucket((bucket,), group.drop(columns="_part").reset_index(drop=True))
 
@@ -623,7 +669,7 @@ class EnrichBatch:
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
         self._labels: dict[int, int] | None = None
-        self._compactor: threading.Thread | None = None
+        self._compactor: subprocess.Popen[str] | None = None
         self._compacted_at = time.monotonic()
 
     def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
@@ -642,24 +688,21 @@ class EnrichBatch:
         }
 
     def _maybe_compact(self) -> None:
-        """Start a lake compaction in a driver thread when one is due and none is running."""
-        if self.ctx.lake_root is None or (self._compactor and self._compactor.is_alive()):
-            return
-        if time.monotonic() - self._compacted_at < self.ctx.lake_compact_seconds:
-            return
-        self._compacted_at = time.monotonic()
-        self._compactor = threading.Thread(
-            target=self._compact, args=(self.ctx.lake_root,), daemon=True, name="storeml-lake"
-        )
-        self._compactor.start()
+        """Start a lake compaction (a low-priority child process) when one is due and none runs.
 
-    @staticmethod
-    def _compact(root: str) -> None:
-        """Compact every incoming lake file (a crash midway loses nothing; see event_lake)."""
-        from storeml.connectors.event_lake import compact_lake
+        A failed compaction is logged and retried at the next interval; the stream goes on, and
+        the incoming files are read as they are meanwhile.
+        """
+        from storeml.connectors.event_lake import compaction_outcome, start_compaction
+        from storeml.errors import ConnectorError
 
-        try:
-            while (done := compact_lake(root)).incoming_files:
+        if self.ctx.lake_root is None:
+            return
+        if self._compactor is not None:
+            if self._compactor.poll() is None:
+                return
+            try:
+                done = compaction_outcome(self._compactor)
                 log.info(
                     "event lake: %d incoming files (%d events) -> %d files in %.1fs",
                     done.incoming_files,
@@ -667,26 +710,23 @@ class EnrichBatch:
                     done.files_written,
                     done.seconds,
                 )
-        except Exception:  # the stream goes on; incoming files are read as they are
-            log.exception("event lake compaction failed; it is retried at the next interval")
+            except ConnectorError as exc:
+                log.error("%s; retried at the next interval", exc)
+            self._compactor = None
+        if time.monotonic() - self._compacted_at < self.ctx.lake_compact_seconds:
+            return
+        self._compacted_at = time.monotonic()
+        self._compactor = start_compaction(self.ctx.lake_root)
 
-    def __call__(self, raw: Any, batch_id: int) -> None:
+    def __call__(self, facts: Any, batch_id: int) -> None:
+        """Enrich one micro-batch of the ``storeml_events`` source (already decoded facts)."""
         started = time.perf_counter()
-        spark_context = raw.sparkSession.sparkContext
-        counters = (
-            spark_context.accumulator(0),
-            spark_context.accumulator(0),
-            spark_context.accumulator(0.0),
-        )
         handles = self.resolve_models()
         shadows = self.resolve_models(self.ctx.shadow_alias)
         resolve_s = time.perf_counter() - started
-        facts = raw.select("topic", "partition", "offset", "key", "value").mapInPandas(
-            decode_batches(self.ctx, counters), decode_schema(self.ctx)
-        )
         if self._labels is None:
             self._labels = partition_labels(
-                raw.sparkSession, self.ctx.state_buckets, shuffle_partitions(raw.sparkSession)
+                facts.sparkSession, self.ctx.state_buckets, shuffle_partitions(facts.sparkSession)
             )
         metrics = enrich_facts(
             facts, enrich_bucket(self.ctx, batch_id, handles, shadows), self._labels
@@ -694,19 +734,15 @@ class EnrichBatch:
         totals = batch_totals(metrics)
         report = BatchReport(
             batch_id=batch_id,
-            events=counters[0].value,
-            dead_letters=counters[1].value,
+            events=totals["events"],
+            dead_letters=totals["dead_letters"],
             facts=totals["facts"],
             customers=totals["customers"],
             products=totals["products"],
             redis_written=totals["redis_written"],
             redis_skipped=totals["redis_skipped"],
             seconds=time.perf_counter() - started,
-            stages={
-                "resolve_models_s": resolve_s,
-                "decode_s": counters[2].value,
-                **totals["stages"],
-            },
+            stages={"resolve_models_s": resolve_s, **totals["stages"]},
             models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
         )
@@ -729,8 +765,11 @@ class EnrichBatch:
             self.on_batch(report)
 
 
-def source_options(settings: Settings) -> dict[str, str]:
-    """Options of the ``storeml_kafka`` source reading the order and product topics."""
+def source_options(settings: Settings, tasks: int | None = None) -> dict[str, str]:
+    """Options of the ``storeml_kafka`` source reading the order and product topics.
+
+    ``tasks``: most Spark tasks per read (``maxPartitions``); None: one per topic partition.
+    """
     from storeml.connectors.kafka_admin import watermark_method_for
 
     options = {
@@ -743,6 +782,8 @@ def source_options(settings: Settings) -> dict[str, str]:
     for name, value in settings.kafka_config().items():
         if name != "bootstrap.servers":
             options[f"kafka.{name}"] = str(value)
+    if tasks:
+        options["maxPartitions"] = str(tasks)
     return options
 
 
@@ -754,13 +795,18 @@ def start_enrichment(
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> tuple[Any, EnrichBatch]:
     """Start the enrichment query; returns (StreamingQuery, the foreachBatch function)."""
-    from storeml.connectors.kafka_source import KafkaDataSource
+    from storeml.streams.event_source import EVENT_SOURCE_NAME, EventSource, context_option
 
     checkpoint = settings.checkpoint_path
     _check_checkpoint(checkpoint, settings)
     ctx = job_context(settings, str(checkpoint))
-    spark.dataSource.register(KafkaDataSource)
-    reader = spark.readStream.format("storeml_kafka").options(**source_options(settings))
+    spark.dataSource.register(EventSource)
+    tasks = settings.source_tasks or shuffle_partitions(spark)
+    reader = (
+        spark.readStream.format(EVENT_SOURCE_NAME)
+        .options(**source_options(settings, tasks))
+        .options(**context_option(ctx))
+    )
     handler = EnrichBatch(ctx, on_batch)
     writer = (
         reader.load()

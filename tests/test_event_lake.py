@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from storeml.connectors.event_lake import INCOMING, EventLakeSink, compact_lake, read_lake
+from storeml.connectors.event_lake import (
+    INCOMING,
+    EventLakeSink,
+    compact_lake,
+    compaction_outcome,
+    read_lake,
+    start_compaction,
+)
 from storeml.connectors.profile_files import read_profiles, write_profiles
 from storeml.errors import ConnectorError
 
@@ -57,6 +65,25 @@ def test_writes_land_as_incoming_files_and_compaction_moves_them_by_store_and_da
     assert table.column_names == ["topic", "partition", "offset", "key", "value", "event_time"]
     assert table.column("offset").to_pylist() == [100, 102]
     assert compact_lake(tmp_path).incoming_files == 0
+
+
+def test_the_streams_background_compaction_runs_in_a_low_priority_child(tmp_path: Path) -> None:
+    lake = EventLakeSink(str(tmp_path))
+    for part in range(25):  # more than one compact_lake round (20 files each)
+        lake.write(_chunk("orders", part, 0, ["s1", "s2"]))
+    process = start_compaction(tmp_path)
+    assert os.getpriority(os.PRIO_PROCESS, process.pid) == 19 or process.poll() is not None
+    process.wait(60)
+    done = compaction_outcome(process)
+    assert (done.incoming_files, done.events) == (25, 50)
+    assert not list((tmp_path / INCOMING).iterdir())
+    assert len(list(tmp_path.glob("store_id=s1/event_date=2024-01-01/*.parquet"))) == 2
+
+    (tmp_path / INCOMING / "orders+99+0.parquet").write_bytes(b"not parquet")
+    broken = start_compaction(tmp_path)
+    broken.wait(60)
+    with pytest.raises(ConnectorError, match="compaction exited with 1: .*orders\\+99"):
+        compaction_outcome(broken)
 
 
 def test_read_lake_prunes_by_store_and_time_and_counts_each_event_once(

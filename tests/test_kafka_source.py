@@ -19,7 +19,9 @@ from storeml.connectors.kafka_source import (
     SOURCE_NAME,
     KafkaDataSource,
     KafkaInputPartition,
+    KafkaRangeGroup,
     KafkaStreamReader,
+    pack_ranges,
     parse_options,
     share_cap,
 )
@@ -102,6 +104,10 @@ def _run_available_now(
             "maxRecordsPerTrigger",
         ),
         (
+            {"bootstrap.servers": "h:1", "subscribe": "t", "maxPartitions": "0"},
+            "maxPartitions",
+        ),
+        (
             {"bootstrap.servers": "h:1", "subscribe": "t", "startingOffsets": "first"},
             "startingOffsets",
         ),
@@ -150,6 +156,27 @@ def test_share_cap_is_exact_and_fair() -> None:
     assert share_cap({a: 1000, b: 1000, c: 10}, 100) == {a: 45, b: 45, c: 10}
     assert sum(share_cap({a: 7, b: 9, c: 11}, 10).values()) == 10
     assert share_cap({a: 1000, b: 3}, 1) in ({a: 1}, {b: 1})
+
+
+def test_pack_ranges_balances_records_over_at_most_the_cap() -> None:
+    ranges = [
+        KafkaInputPartition("a", 0, 0, 500),
+        KafkaInputPartition("a", 1, 100, 200),
+        KafkaInputPartition("b", 0, 0, 300),
+        KafkaInputPartition("b", 1, 0, 250),
+        KafkaInputPartition("b", 2, 7, 57),
+    ]
+    assert pack_ranges(ranges, None) == ranges
+    assert pack_ranges(ranges, 5) == ranges
+    packed = pack_ranges(ranges, 2)
+    assert all(isinstance(group, KafkaRangeGroup) for group in packed)
+    groups = [group.ranges for group in packed if isinstance(group, KafkaRangeGroup)]
+    key = [(r.topic, r.partition, r.start, r.end) for r in ranges]
+    assert sorted((r.topic, r.partition, r.start, r.end) for g in groups for r in g) == key
+    sizes = sorted(sum(r.end - r.start for r in group) for group in groups)
+    assert sizes == [600, 600]  # 500+100 | 300+250+50
+    assert pack_ranges(list(reversed(ranges)), 2) == packed  # deterministic
+    assert len(pack_ranges(ranges[:1], 3)) == 1
 
 
 # --- the stream reader in this process (no Spark) ----------------------------------------------
@@ -251,6 +278,12 @@ def test_batch_read_returns_exactly_the_produced_records(
     assert {r.topic for r in rows} == {topic}
     assert all(r.timestamp > 1_600_000_000_000 for r in rows)
     assert next(r for r in rows if r.offset == 1).headers[0].asDict() == {"key": "n", "value": b"1"}
+
+    packed = kafka_spark.read.format(SOURCE_NAME).options(**options, maxPartitions="1").load()
+    assert packed.rdd.getNumPartitions() == 1
+    assert sorted(
+        tuple(r) for r in packed.select("partition", "offset", "key").collect()
+    ) == sorted((r.partition, r.offset, r.key) for r in rows)
 
     ranged = (
         kafka_spark.read.format(SOURCE_NAME)

@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from storeml.connectors.state_store import ProfileStateStore, clear_cache
+from storeml.connectors.state_store import (
+    ProfileStateStore,
+    cache_stats,
+    clear_cache,
+    wait_for_snapshots,
+)
 from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.models.events import (
     ORDER,
@@ -157,8 +162,9 @@ def test_state_store_versions_snapshots_and_recovery(tmp_path) -> None:
         facts = facts_from_events(chunk)
         delta = fold(state, facts)
         state = apply_delta(state, delta)
-        store.commit(version, delta, state)
+        store.commit(version, delta, state).result()
         states.append(state)
+    wait_for_snapshots()
     # a fresh process (no cache) restores the latest version from snapshot + deltas
     clear_cache()
     restored = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6).load(
@@ -177,3 +183,15 @@ def test_state_store_versions_snapshots_and_recovery(tmp_path) -> None:
     # old files were cleaned behind a snapshot
     versions = {int(p.name[:12]) for p in (tmp_path / "bucket=00000").iterdir()}
     assert min(versions) > 0
+    # a worker that last served an older version catches up from its cache with the deltas it
+    # missed, across newer snapshots, and lands on the same state as a full load
+    latest = len(chunks) - 1
+    clear_cache()
+    store.load(latest - 5)
+    catch_ups = cache_stats().catch_ups
+    caught_up = store.load(latest)
+    assert cache_stats().catch_ups == catch_ups + 1
+    for table in ProfileState.TABLES:
+        a = getattr(caught_up, table).sort_index()
+        b = getattr(final, table).sort_index()
+        assert a.index.equals(b.index) and a.astype(str).equals(b.astype(str)), table
