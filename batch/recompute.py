@@ -2,7 +2,7 @@
 
 Wiring only; every step is the stream's (``streams/enrich.py``)::
 
-    history ──decode_batches──▶ facts ──by bucket: enrich_facts(enrich_bucket)──▶ sinks
+    history ──decode_batches──▶ facts ──by bucket: enrich_facts(enrich_task)──▶ sinks
     (event lake, or the input topics from their start)
 
 The difference is the state: the stream folds each micro-batch into the state of the previous
@@ -178,8 +178,8 @@ def recompute(
         batch_totals,
         decode_batches,
         decode_schema,
-        enrich_bucket,
         enrich_facts,
+        enrich_task,
         job_context,
         model_versions,
         partition_labels,
@@ -215,7 +215,7 @@ def recompute(
     if store_list is not None:  # the decode tasks' count rows have no store
         facts = facts.where((F.col("kind") == DECODE_STATS) | F.col("store_id").isin(store_list))
     labels = partition_labels(spark, ctx.state_buckets, shuffle_partitions(spark))
-    job = enrich_facts(facts, enrich_bucket(ctx, None, handles, shadows), labels)
+    job = enrich_facts(facts, enrich_task(ctx, None, handles, shadows), labels)
     context.setJobDescription(f"storeml recompute from {source}")
     if progress:
         with ProgressBar(spark, f"recompute from {source}"):

@@ -1033,6 +1033,10 @@ def run_latency(
         thread.join(5)
         producer.close()
         trigger_ms = _trigger_phases(query)
+        triggers = [
+            {"rows": t.get("numInputRows"), **(t.get("durationMs") or {})}
+            for t in query.recentProgress
+        ]
         query.stop()
         with contextlib.suppress(Exception):
             query.awaitTermination(30)
@@ -1056,8 +1060,10 @@ def run_latency(
         "mean_batch_s": statistics.fmean([r.seconds for r in reports]) if reports else None,
         "batch_events": [r.events for r in reports],
         "batch_seconds": [round(r.seconds, 3) for r in reports],
+        "batch_tasks": [r.tasks for r in reports],
         "batch_stages_s": [{k: round(v, 3) for k, v in r.stages.items()} for r in reports],
         "trigger_ms": trigger_ms,
+        "triggers": triggers,
         "poll_errors": poll_errors,
     }
 

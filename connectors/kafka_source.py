@@ -39,6 +39,9 @@ Options (names are case-insensitive):
   equal record counts (each task reads its ranges one after the other). Every task of a Python
   data source costs a fixed ~40 ms here, so a stream of small micro-batches should read with about
   one task per core (:func:`pack_ranges`).
+- ``minRecordsPerPartition``: with ``maxPartitions``, a micro-batch gets one task per this many
+  records at most, so a small batch runs as one task (default: no minimum). On 2 cores a
+  2,000-record micro-batch ran faster as one task than as two.
 - ``watermarkMethod``: ``list_offsets`` (default; Apache Kafka, Confluent, Redpanda) or ``fetch``
   (brokers whose ListOffsets answer is wrong, like Tansu); see :mod:`storeml.connectors.kafka_admin`
   and ``watermark_method_for(settings.kafka_flavor)``.
@@ -166,6 +169,7 @@ _KNOWN = {
     "endingoffsets": "endingOffsets",
     "maxrecordspertrigger": "maxRecordsPerTrigger",
     "maxpartitions": "maxPartitions",
+    "minrecordsperpartition": "minRecordsPerPartition",
     "watermarkmethod": "watermarkMethod",
     "timeoutseconds": "timeoutSeconds",
 }
@@ -184,6 +188,7 @@ class SourceOptions:
     ending: OffsetSpec = "latest"
     max_records: int = DEFAULT_MAX_RECORDS
     max_partitions: int | None = None
+    min_partition_records: int | None = None
     watermark_method: WatermarkMethod = "list_offsets"
     timeout: float = DEFAULT_TIMEOUT
     kafka: dict[str, str] = field(default_factory=dict)
@@ -279,6 +284,11 @@ def parse_options(options: Mapping[str, str], batch: bool = False) -> SourceOpti
             if "maxpartitions" in values
             else None
         ),
+        min_partition_records=(
+            _positive("minRecordsPerPartition", values["minrecordsperpartition"], int)
+            if "minrecordsperpartition" in values
+            else None
+        ),
         watermark_method=watermark_method,
         timeout=_positive(
             "timeoutSeconds", values.get("timeoutseconds", str(DEFAULT_TIMEOUT)), float
@@ -357,14 +367,20 @@ class KafkaRangeGroup(InputPartition):
 
 
 def pack_ranges(
-    ranges: Sequence[KafkaInputPartition], max_partitions: int | None
+    ranges: Sequence[KafkaInputPartition],
+    max_partitions: int | None,
+    min_records: int | None = None,
 ) -> list[KafkaInputPartition | KafkaRangeGroup]:
     """At most ``max_partitions`` Spark partitions of about equal record counts.
 
+    ``min_records`` lowers the cap to one partition per that many records (at least one).
     Largest range first, each into the group with the fewest records so far (ties: the lowest
     group), so the result is deterministic for the same ranges. Without a cap, or with no more
     ranges than the cap, every range stays a partition of its own.
     """
+    if max_partitions is not None and min_records is not None:
+        total = sum(r.end - r.start for r in ranges)
+        max_partitions = min(max_partitions, max(1, -(-total // min_records)))
     if max_partitions is None or len(ranges) <= max_partitions:
         return list(ranges)
     groups: list[list[KafkaInputPartition]] = [[] for _ in range(max_partitions)]
@@ -551,7 +567,7 @@ class _RangeReader:
             for (topic, part), stop in sorted(end.items())
             if (topic, part) in start and stop > start[(topic, part)]
         ]
-        return pack_ranges(ranges, self.options.max_partitions)
+        return pack_ranges(ranges, self.options.max_partitions, self.options.min_partition_records)
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         if isinstance(partition, KafkaInputPartition):

@@ -9,9 +9,9 @@ One micro-batch, as wired by :class:`EnrichBatch` (a ``foreachBatch`` function):
 * decode (:func:`decode_frames`, inside the source's read task): Avro single-object messages are
   decoded and validated; bad ones go to the dead-letter topic with the reason and the original
   bytes, the rest become fact rows tagged with their store's state bucket;
-* enrich (one call per bucket): load the bucket's state as of the previous batch, fold the facts,
-  commit the new state version, score each store's touched profiles with one model call per store,
-  write the profiles to Kafka and Redis.
+* enrich (one call per task, which holds whole state buckets): per bucket, load its state as of
+  the previous batch, fold the facts, commit the new state version; then score each store's
+  touched profiles with one model call per store, and write the profiles to Kafka and Redis.
 
 The registry aliases are resolved on the driver at the start of every micro-batch, so a moved alias
 is served from the next batch on, without a restart. Replays after a crash recompute the same
@@ -41,7 +41,7 @@ __all__ = [
     "decode_batches",
     "decode_frames",
     "DECODE_STATS",
-    "enrich_bucket",
+    "enrich_task",
     "METRICS_SCHEMA",
     "TASK_STAGES",
     "decode_schema",
@@ -59,7 +59,7 @@ log = logging.getLogger("storeml.stream")
 #: Seconds each bucket task spends per stage (columns of :data:`METRICS_SCHEMA`).
 TASK_STAGES = ("state_s", "lake_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s")
 METRICS_SCHEMA = (
-    "bucket int, facts long, customers long, products long, kafka_records long,"
+    "buckets string, facts long, customers long, products long, kafka_records long,"
     " redis_written long, redis_skipped long, "
     + ", ".join(f"{name} double" for name in TASK_STAGES)
     + ", models string, pid long, cache string, stores string,"
@@ -339,17 +339,20 @@ def _model_label(model: dict[str, Any]) -> str:
     return f"{model['name']}:{model['version'] or 'none'}"
 
 
-def enrich_bucket(
+def enrich_task(
     ctx: JobContext, batch_id: int | None, handles: dict[str, Any], shadows: dict[str, Any]
-) -> Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame]:
-    """Per-bucket function (run by :func:`enrich_facts`): facts -> state, scores, sinks; metrics.
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Per-task function (run by :func:`enrich_facts`): facts -> state, scores, sinks; metrics.
 
-    ``batch_id`` None folds the facts into an empty state and keeps no state (the recompute,
-    which sees an entity's whole history at once); otherwise the state of ``batch_id - 1`` is
-    loaded and the result committed as ``batch_id``.
+    A task holds one or more whole state buckets. Each bucket's state is loaded, folded and
+    committed on its own; the lake, the scoring, the encoding and the sinks then run once for the
+    task (their fixed costs per call dominate small micro-batches). ``batch_id`` None folds the
+    facts into an empty state and keeps no state (the recompute, which sees an entity's whole
+    history at once); otherwise the state of ``batch_id - 1`` is loaded and the result committed
+    as ``batch_id``.
     """
 
-    def run(key: tuple[Any, ...], pdf: pd.DataFrame) -> pd.DataFrame:
+    def run(pdf: pd.DataFrame) -> pd.DataFrame:
         from storeml.connectors.event_lake import EventLakeSink
         from storeml.connectors.kafka_sink import KafkaRecordSink
         from storeml.connectors.profile_files import write_profiles
@@ -368,7 +371,6 @@ def enrich_bucket(
         from storeml.models.store_models import get_model_cache
         from storeml.schemas.codec import get_codec
 
-        bucket = int(key[0])
         timings: dict[str, float] = {}
         mark = time.perf_counter()
 
@@ -378,18 +380,6 @@ def enrich_bucket(
             timings[name] = timings.get(name, 0.0) + now - mark
             mark = now
 
-        store = (
-            ProfileStateStore(ctx.state_root, bucket, ctx.snapshot_every, ctx.retain)
-            if batch_id is not None
-            else None
-        )
-        state = (
-            store.load(batch_id - 1)
-            if store is not None and batch_id is not None
-            else ProfileState()
-        )
-        facts = facts_frame(pdf)
-        lap("state_s")
         if ctx.lake_root is not None:
             raw = pdf.loc[pdf["raw_value"].notna()]
             lake: EventLakeSink = _client(EventLakeSink, ctx.lake_root)
@@ -407,17 +397,34 @@ def enrich_bucket(
                 ].rename(columns={"raw_key": "key", "raw_value": "value"})
             )
             lap("lake_s")
-        delta = fold(state, facts)
-        after = apply_delta(state, delta)
-        customers = customer_profiles(after, delta, facts)
-        products = product_profiles(after, delta, facts)
-        lap("fold_s")
-        committed = (
-            store.commit(batch_id, delta, after)  # written while we score and write the sinks
-            if store is not None and batch_id is not None
-            else None
-        )
-        lap("state_s")
+        committed = []
+        customer_parts, product_parts = [], []
+        fact_count = 0
+        for bucket, group in pdf.groupby("bucket", sort=True):
+            store = (
+                ProfileStateStore(ctx.state_root, int(bucket), ctx.snapshot_every, ctx.retain)
+                if batch_id is not None
+                else None
+            )
+            state = (
+                store.load(batch_id - 1)
+                if store is not None and batch_id is not None
+                else ProfileState()
+            )
+            facts = facts_frame(group)
+            fact_count += len(facts)
+            lap("state_s")
+            delta = fold(state, facts)
+            after = apply_delta(state, delta)
+            customer_parts.append(customer_profiles(after, delta, facts))
+            product_parts.append(product_profiles(after, delta, facts))
+            lap("fold_s")
+            if store is not None and batch_id is not None:
+                # written while we score and write the sinks
+                committed.append(store.commit(batch_id, delta, after))
+            lap("state_s")
+        customers = _concat(customer_parts)
+        products = _concat(product_parts)
 
         cache = get_model_cache(ctx.model_cache_size)
 
@@ -444,8 +451,9 @@ def enrich_bucket(
 
         customer_records = to_records(customers, CUSTOMER_FIELDS)
         product_records = to_records(products, PRODUCT_FIELDS)
+        first_bucket = int(pdf["bucket"].min())  # names this task's files and producer
         if ctx.profiles_dir is not None:
-            write_profiles(ctx.profiles_dir, bucket, customer_records, product_records)
+            write_profiles(ctx.profiles_dir, first_bucket, customer_records, product_records)
         customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
         encoded = (
             [
@@ -471,7 +479,7 @@ def enrich_bucket(
         )
         lap("encode_s")
         transactional_id = (
-            f"{ctx.transactional_prefix}-{bucket}" if ctx.transactional_prefix else None
+            f"{ctx.transactional_prefix}-{first_bucket}" if ctx.transactional_prefix else None
         )
         cw = cs = pw = ps = 0
         if ctx.publish:
@@ -486,16 +494,16 @@ def enrich_bucket(
             cw, cs = redis_sink.write("customer", customer_records, "customer_id")
             pw, ps = redis_sink.write("product", product_records, "product_id")
             lap("redis_s")
-        if committed is not None:
-            committed.result()  # the state is durable before Spark commits the batch
-            lap("state_s")
+        for future in committed:
+            future.result()  # the state is durable before Spark commits the batch
+        lap("state_s")
 
         versions = model_versions(handles, shadows)
         return pd.DataFrame(
             [
                 {
-                    "bucket": bucket,
-                    "facts": len(facts),
+                    "buckets": ",".join(str(int(b)) for b in sorted(pdf["bucket"].unique())),
+                    "facts": fact_count,
                     "customers": len(customer_records),
                     "products": len(product_records),
                     "kafka_records": len(encoded),
@@ -516,12 +524,16 @@ def enrich_bucket(
     return run
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
 def _decode_metrics(stats: pd.DataFrame) -> pd.DataFrame:
-    """One metrics row (bucket -1) with the counts of :data:`DECODE_STATS` rows."""
-    row: dict[str, Any] = {name: 0 for name in ("bucket", "kafka_records", *_COUNTS)}
+    """One metrics row (no bucket) with the counts of :data:`DECODE_STATS` rows."""
+    row: dict[str, Any] = {name: 0 for name in ("kafka_records", *_COUNTS)}
     row.update({name: 0.0 for name in TASK_STAGES})
     row.update(
-        bucket=-1,
+        buckets="",
         models="{}",
         pid=os.getpid(),
         cache="",
@@ -603,21 +615,23 @@ def partition_labels(spark: Any, buckets: int, partitions: int) -> dict[int, int
 
 def enrich_facts(
     facts: Any,
-    run_bucket: Callable[[tuple[Any, ...], pd.DataFrame], pd.DataFrame],
+    run_task: Callable[[pd.DataFrame], pd.DataFrame],
     labels: dict[int, int],
+    partitions: int | None = None,
 ) -> Any:
-    """Metrics DataFrame of ``run_bucket`` applied to each bucket's facts (a lazy Spark plan).
+    """Metrics DataFrame of ``run_task`` applied to each task's buckets (a lazy Spark plan).
 
-    ``labels`` come from :func:`partition_labels` for the session's shuffle partitions; each
-    partition's Python worker gathers its buckets and hands every bucket's facts whole to
-    ``run_bucket``. The decode tasks' :data:`DECODE_STATS` rows become one metrics row (bucket
-    -1) per partition that received any.
+    ``labels`` come from :func:`partition_labels` for ``partitions`` (default: the session's
+    shuffle partitions); each
+    partition's Python worker gathers its buckets' facts whole and hands them to ``run_task``.
+    The decode tasks' :data:`DECODE_STATS` rows become one metrics row (no bucket) per partition
+    that received any.
     """
     from pyspark.sql import functions as F
 
     mapping = F.create_map(*[F.lit(v) for pair in sorted(labels.items()) for v in pair])
     placed = facts.withColumn("_part", mapping[F.col("bucket")]).repartition(
-        shuffle_partitions(facts.sparkSession), "_part"
+        partitions or shuffle_partitions(facts.sparkSession), "_part"
     )
 
     def run(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -629,8 +643,8 @@ def enrich_facts(
         if stats.any():
             yield _decode_metrics(rows[stats])
             rows = rows[~stats]
-        for bucket, group in rows.groupby("bucket", sort=True):
-            yield run_bucket((bucket,), group.drop(columns="_part").reset_index(drop=True))
+        if len(rows):
+            yield run_task(rows.drop(columns="_part").reset_index(drop=True))
 
     return placed.mapInPandas(run, METRICS_SCHEMA)
 
@@ -657,6 +671,7 @@ class BatchReport:
     stages: dict[str, float]
     models: dict[str, str]
     model_cache: dict[str, float]
+    tasks: int = 0  # Spark tasks per stage (read, enrich): 1 for a small batch
 
 
 class EnrichBatch:
@@ -668,7 +683,7 @@ class EnrichBatch:
         self.ctx = ctx
         self.on_batch = on_batch
         self.reports: list[BatchReport] = []
-        self._labels: dict[int, int] | None = None
+        self._labels: dict[int, dict[int, int]] = {}  # per enrich partition count
         self._compactor: subprocess.Popen[str] | None = None
         self._compacted_at = time.monotonic()
 
@@ -724,12 +739,16 @@ class EnrichBatch:
         handles = self.resolve_models()
         shadows = self.resolve_models(self.ctx.shadow_alias)
         resolve_s = time.perf_counter() - started
-        if self._labels is None:
-            self._labels = partition_labels(
-                facts.sparkSession, self.ctx.state_buckets, shuffle_partitions(facts.sparkSession)
-            )
+        # as many enrich tasks as read tasks: the source made a small batch one task
+        spark = facts.sparkSession
+        partitions = max(1, min(shuffle_partitions(spark), facts.rdd.getNumPartitions()))
+        if partitions not in self._labels:
+            self._labels[partitions] = partition_labels(spark, self.ctx.state_buckets, partitions)
         metrics = enrich_facts(
-            facts, enrich_bucket(self.ctx, batch_id, handles, shadows), self._labels
+            facts,
+            enrich_task(self.ctx, batch_id, handles, shadows),
+            self._labels[partitions],
+            partitions,
         ).collect()
         totals = batch_totals(metrics)
         report = BatchReport(
@@ -745,6 +764,7 @@ class EnrichBatch:
             stages={"resolve_models_s": resolve_s, **totals["stages"]},
             models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
+            tasks=partitions,
         )
         self.reports.append(report)
         self._maybe_compact()
@@ -768,7 +788,8 @@ class EnrichBatch:
 def source_options(settings: Settings, tasks: int | None = None) -> dict[str, str]:
     """Options of the ``storeml_kafka`` source reading the order and product topics.
 
-    ``tasks``: most Spark tasks per read (``maxPartitions``); None: one per topic partition.
+    ``tasks``: most Spark tasks per read (``maxPartitions``, and one per
+    ``settings.task_records`` records); None: one per topic partition.
     """
     from storeml.connectors.kafka_admin import watermark_method_for
 
@@ -784,6 +805,7 @@ def source_options(settings: Settings, tasks: int | None = None) -> dict[str, st
             options[f"kafka.{name}"] = str(value)
     if tasks:
         options["maxPartitions"] = str(tasks)
+        options["minRecordsPerPartition"] = str(settings.task_records)
     return options
 
 

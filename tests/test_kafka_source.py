@@ -108,6 +108,10 @@ def _run_available_now(
             "maxPartitions",
         ),
         (
+            {"bootstrap.servers": "h:1", "subscribe": "t", "minRecordsPerPartition": "-5"},
+            "minRecordsPerPartition",
+        ),
+        (
             {"bootstrap.servers": "h:1", "subscribe": "t", "startingOffsets": "first"},
             "startingOffsets",
         ),
@@ -177,6 +181,10 @@ def test_pack_ranges_balances_records_over_at_most_the_cap() -> None:
     assert sizes == [600, 600]  # 500+100 | 300+250+50
     assert pack_ranges(list(reversed(ranges)), 2) == packed  # deterministic
     assert len(pack_ranges(ranges[:1], 3)) == 1
+    # a small batch (1,200 records) with one partition per 1,000 records at most: two
+    assert len(pack_ranges(ranges, 4, min_records=1_000)) == 2
+    assert len(pack_ranges(ranges, 4, min_records=5_000)) == 1
+    assert pack_ranges(ranges, 8, min_records=100) == ranges  # 12 allowed, 5 ranges
 
 
 # --- the stream reader in this process (no Spark) ----------------------------------------------
