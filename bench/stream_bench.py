@@ -24,7 +24,15 @@ topics, and then measures on those same events:
 * **latency** the stream running continuously (processing-time trigger 0 s, fresh topics and
   checkpoint) while events are produced at a steady ``--latency-rate``; for every
   ``--latency-sample-every``-th order the time from ``produce()`` until the customer's Redis hash
-  shows a ``profile_version`` counting that order.
+  shows a ``profile_version`` counting that order. The stream is first warmed up with one second's
+  worth of events (its first micro-batch starts Python workers and loads models), then the paced
+  production starts and the first ``--latency-warmup`` seconds of samples are discarded.
+
+Spark's own per-trigger phases (``durationMs``: ``latestOffset``, ``addBatch`` = our
+foreachBatch, ``walCommit``, ``commitOffsets``) are printed as medians. Keep the latency run short
+(the default 30 s) on the embedded Tansu broker: its memory storage spends CPU per fetch in
+proportion to the partition's log, so after a minute or two at 2,000 events/s ``latestOffset``
+grows from ~50 ms to seconds and the run measures the broker, not the stream.
 
 Every stage writes to its own output topics and Redis prefix. Nothing here asserts a time: the
 script prints numbers (and ``--json`` writes them); the targets are printed next to them.

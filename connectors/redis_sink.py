@@ -87,8 +87,7 @@ class RedisProfileSink(Sink):
 
         try:
             self._client = redis.Redis.from_url(self.url, socket_timeout=30)
-            self._script = self._client.register_script(_GUARDED_REPLACE)
-            self._client.ping()
+            self._sha = self._client.script_load(_GUARDED_REPLACE)
         except redis.RedisError as exc:
             raise ConnectorError(
                 f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL"
@@ -101,22 +100,38 @@ class RedisProfileSink(Sink):
         import redis
 
         self.ensure_setup()
-        pipe = self._client.pipeline(transaction=False)
-        count = 0
-        for record in records:
-            key = profile_key(self.prefix, kind, record["store_id"], record[id_field])
-            self._script(
-                keys=[key], args=[record["profile_version"], *encode_fields(record)], client=pipe
+        calls = [
+            (
+                profile_key(self.prefix, kind, record["store_id"], record[id_field]),
+                record["profile_version"],
+                encode_fields(record),
             )
-            count += 1
-        if not count:
+            for record in records
+        ]
+        if not calls:
             return 0, 0
         try:
-            results = pipe.execute()
+            try:
+                results = self._execute(calls)
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or flushed its scripts: load the guard again and rerun the
+                # pipeline (the guard makes the writes that did go through harmless to repeat)
+                self._sha = self._client.script_load(_GUARDED_REPLACE)
+                results = self._execute(calls)
         except redis.RedisError as exc:
-            raise ConnectorError(f"Redis write of {count} {kind} profiles failed: {exc}") from exc
+            raise ConnectorError(
+                f"Redis write of {len(calls)} {kind} profiles failed: {exc}"
+            ) from exc
         written = sum(1 for r in results if r == 1)
-        return written, count - written
+        return written, len(calls) - written
+
+    def _execute(self, calls: list[tuple[str, Any, list[str]]]) -> list[Any]:
+        """One pipeline of EVALSHA calls of the guard (cheaper per call than redis-py's Script)."""
+        pipe = self._client.pipeline(transaction=False)
+        command = pipe.execute_command
+        for key, version, fields in calls:
+            command("EVALSHA", self._sha, 1, key, version, *fields)
+        return pipe.execute()
 
     def close(self) -> None:
         client = getattr(self, "_client", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from storeml.connectors.dead_letter import DeadLetterSink
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.kafka_sink import KafkaRecordSink
@@ -43,6 +45,11 @@ def test_redis_guard_never_lets_an_older_profile_win(settings: Settings) -> None
     assert store.scan("customer", "s1") == [
         profile_key(settings.redis_prefix, "customer", "s1", "c1")
     ]
+    # Redis lost its script cache (a restart): the sink loads the guard again and goes on
+    redis.Redis.from_url(settings.redis_url).script_flush()
+    assert sink.write("customer", [_profile(7, 800, 0.5)], "customer_id") == (1, 0)
+    assert sink.write("customer", [_profile(6, 1, 0.5)], "customer_id") == (0, 1)
+    assert store.customer("s1", "c1")["total_spend_minor"] == "800"
 
 
 def test_sinks_pickle_without_clients(settings: Settings) -> None:
