@@ -111,6 +111,7 @@ __all__ = [
     "KafkaDataSource",
     "KafkaInputPartition",
     "KafkaRangeGroup",
+    "KafkaRangeReader",
     "pack_ranges",
     "KafkaStreamReader",
     "KafkaBatchReader",
@@ -533,7 +534,7 @@ def _check_schema(schema: StructType) -> StructType:
     return schema
 
 
-class _RangeReader:
+class KafkaRangeReader:
     """What batch and stream readers share: options, schema and the lazy watermark client."""
 
     def __init__(self, options: SourceOptions, schema: StructType) -> None:
@@ -582,7 +583,7 @@ class _RangeReader:
         return (batch for part in ranges for batch in _read_range(self.options, part, arrow))
 
 
-class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAvailableNow):
+class KafkaStreamReader(KafkaRangeReader, DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Micro-batches of offset ranges; Spark's checkpoint stores the offsets.
 
     ``latestOffset`` caps each batch at ``maxRecordsPerTrigger`` records (shared fairly over
@@ -662,7 +663,7 @@ class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAva
         self._close()
 
 
-class KafkaBatchReader(_RangeReader, DataSourceReader):
+class KafkaBatchReader(KafkaRangeReader, DataSourceReader):
     """One Spark partition per topic partition between ``startingOffsets`` and ``endingOffsets``."""
 
     def partitions(self) -> Sequence[InputPartition]:

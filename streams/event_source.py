@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql.datasource import InputPartition
 from pyspark.sql.types import StructType
@@ -26,7 +26,9 @@ from storeml.connectors.kafka_source import (
     KAFKA_SCHEMA,
     KafkaBatchReader,
     KafkaDataSource,
+    KafkaRangeReader,
     KafkaStreamReader,
+    SourceOptions,
     parse_options,
 )
 from storeml.errors import ConfigError
@@ -57,8 +59,10 @@ def _decoded(
         yield pa.RecordBatch.from_pandas(facts, schema=arrow, preserve_index=False)
 
 
-class _DecodingStreamReader(KafkaStreamReader):
-    def __init__(self, options: Any, ctx: JobContext, schema: StructType) -> None:
+class _DecodingReader(KafkaRangeReader):
+    """What both readers add to the Kafka source's: the job context, and decoding in ``read``."""
+
+    def __init__(self, options: SourceOptions, ctx: JobContext, schema: StructType) -> None:
         super().__init__(options, KAFKA_SCHEMA)
         self.ctx = ctx
         self.facts_schema = schema
@@ -67,14 +71,12 @@ class _DecodingStreamReader(KafkaStreamReader):
         return _decoded(self.ctx, self.facts_schema, super().read(partition))
 
 
-class _DecodingBatchReader(KafkaBatchReader):
-    def __init__(self, options: Any, ctx: JobContext, schema: StructType) -> None:
-        super().__init__(options, KAFKA_SCHEMA)
-        self.ctx = ctx
-        self.facts_schema = schema
+class _DecodingStreamReader(_DecodingReader, KafkaStreamReader):
+    pass
 
-    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        return _decoded(self.ctx, self.facts_schema, super().read(partition))
+
+class _DecodingBatchReader(_DecodingReader, KafkaBatchReader):
+    pass
 
 
 class EventSource(KafkaDataSource):
