@@ -398,6 +398,9 @@ def run_spark(spark: Any, settings: Any, expected: int, timeout: float) -> dict[
     else:
         out.update(steady_events=None, steady_s=None, steady_rate=None, steady_stages_s=None)
     out["trigger_ms"] = _trigger_phases(query)
+    out["triggers"] = [
+        {"rows": t.get("numInputRows"), **(t.get("durationMs") or {})} for t in query.recentProgress
+    ]
     return out
 
 
