@@ -1212,6 +1212,7 @@ def format_report(results: Mapping[str, Any]) -> str:
     if stage_rows:
         names = [
             "resolve_models_s",
+            "plan_s",
             "decode_s",
             "state_s",
             "lake_s",

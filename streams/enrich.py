@@ -744,12 +744,14 @@ class EnrichBatch:
         partitions = max(1, min(shuffle_partitions(spark), facts.rdd.getNumPartitions()))
         if partitions not in self._labels:
             self._labels[partitions] = partition_labels(spark, self.ctx.state_buckets, partitions)
-        metrics = enrich_facts(
+        job = enrich_facts(
             facts,
             enrich_task(self.ctx, batch_id, handles, shadows),
             self._labels[partitions],
             partitions,
-        ).collect()
+        )
+        plan_s = time.perf_counter() - started - resolve_s
+        metrics = job.collect()
         totals = batch_totals(metrics)
         report = BatchReport(
             batch_id=batch_id,
@@ -761,7 +763,7 @@ class EnrichBatch:
             redis_written=totals["redis_written"],
             redis_skipped=totals["redis_skipped"],
             seconds=time.perf_counter() - started,
-            stages={"resolve_models_s": resolve_s, **totals["stages"]},
+            stages={"resolve_models_s": resolve_s, "plan_s": plan_s, **totals["stages"]},
             models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
             tasks=partitions,
