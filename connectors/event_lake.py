@@ -11,7 +11,7 @@ Each file has the columns of :data:`LAKE_SCHEMA`: where the event came from (``t
 bytes, so any later schema version still decodes it), and ``event_time`` (epoch ms, for ``--as-of``
 pruning); incoming files also carry ``store_id`` and ``event_date`` as columns.
 
-**Two steps.** A micro-batch writes one *incoming* file per state bucket (a file per store and day
+**Two steps.** A micro-batch writes one *incoming* file per enrich task (a file per store and day
 per micro-batch would mean thousands of tiny files per second with many stores, and file creation
 was the stream's largest cost). :func:`compact_lake`, run by the stream's driver every
 ``STOREML_LAKE_COMPACT_SECONDS`` (in a child process at the lowest CPU priority,

@@ -56,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger("storeml.stream")
 
-#: Seconds each bucket task spends per stage (columns of :data:`METRICS_SCHEMA`).
+#: Seconds each enrich task spends per stage (columns of :data:`METRICS_SCHEMA`).
 TASK_STAGES = ("state_s", "lake_s", "fold_s", "score_s", "encode_s", "kafka_s", "redis_s")
 METRICS_SCHEMA = (
     "buckets string, facts long, customers long, products long, kafka_records long,"
@@ -160,7 +160,7 @@ def decode_frames(ctx: JobContext, frames: Iterator[pd.DataFrame]) -> Iterator[p
     ``decode_dead_letters`` and ``decode_s`` say what this call did (the stream reports them per
     micro-batch). With the event lake on (``ctx.lake_root``), each accepted event's key and value
     ride along on its first fact row (``raw_key``/``raw_value``, :func:`decode_schema`) to the
-    bucket task, which archives them.
+    enrich task, which archives them.
     """
     from storeml.connectors.dead_letter import DeadLetterSink
     from storeml.errors import CodecError
@@ -555,7 +555,7 @@ def _per_store(customers: pd.DataFrame, products: pd.DataFrame) -> dict[str, lis
 
 
 def batch_totals(metrics: list[Any]) -> dict[str, Any]:
-    """Sums over the bucket tasks' metrics rows: counts, and seconds per :data:`TASK_STAGES`."""
+    """Sums over the tasks' metrics rows: counts, and seconds per :data:`TASK_STAGES` and decode."""
     out: dict[str, Any] = {
         name: sum(getattr(row, name) for row in metrics)
         for name in (*_COUNTS, "events", "dead_letters")
