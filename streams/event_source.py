@@ -44,8 +44,12 @@ _CONTEXT = "storeml.context"
 
 
 def context_option(ctx: JobContext) -> dict[str, str]:
-    """The source option carrying ``ctx`` (plain values, as JSON)."""
-    return {_CONTEXT: json.dumps(asdict(ctx), sort_keys=True)}
+    """The source option carrying ``ctx`` (plain values, as JSON).
+
+    Without its Kafka client settings: the source rebuilds them from its own ``kafka.*`` options,
+    which Spark redacts in plans and logs (a password inside this JSON would not be).
+    """
+    return {_CONTEXT: json.dumps({**asdict(ctx), "kafka": {}}, sort_keys=True)}
 
 
 def _decoded(
@@ -93,7 +97,8 @@ class EventSource(KafkaDataSource):
                 f"the {EVENT_SOURCE_NAME} source needs the option {_CONTEXT}"
                 " (storeml.streams.event_source.context_option(job_context(settings)))"
             )
-        return JobContext(**json.loads(raw))
+        kafka = parse_options(self._kafka_options(), batch=True).config  # the client settings only
+        return JobContext(**{**json.loads(raw), "kafka": kafka})
 
     def _kafka_options(self) -> dict[str, str]:
         return {k: v for k, v in self.options.items() if k.lower() != _CONTEXT}

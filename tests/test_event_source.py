@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.synthetic import GeneratorConfig, generate
@@ -52,3 +54,9 @@ def test_reads_facts_with_one_stats_row_per_task_and_dead_letters_the_rest(
         config, settings.topic_dead_letter, watermark_method_for(settings.kafka_flavor)
     )
     assert len(letters) == malformed
+
+
+def test_the_context_option_carries_no_kafka_secret(settings: Settings) -> None:
+    ctx = job_context(settings.model_copy(update={"kafka_password": SecretStr("s3cret")}))
+    assert "s3cret" in str(ctx.kafka)
+    assert "s3cret" not in str(context_option(ctx))
