@@ -162,7 +162,7 @@ class Services:
         settings = load_settings(**values)
         from storeml.connectors.kafka_admin import ensure_topics
 
-        ensure_topics(settings.kafka_config(), _all_topics(settings), settings.topic_partitions)
+        ensure_topics(settings.kafka_config(), settings.topics, settings.topic_partitions)
         return settings
 
     def stop(self, keep_workdir: bool) -> None:
@@ -174,16 +174,6 @@ class Services:
         self.broker.stop()
         if not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _all_topics(settings: Any) -> list[str]:
-    return [
-        settings.topic_orders,
-        settings.topic_products,
-        settings.topic_customer_profiles,
-        settings.topic_product_profiles,
-        settings.topic_dead_letter,
-    ]
 
 
 def _delete_redis_keys(url: str, prefixes: list[str]) -> int:

@@ -145,17 +145,7 @@ def stack_status_cmd(ctx: click.Context) -> None:
 def _create_topics(settings: Settings) -> None:
     from storeml.connectors.kafka_admin import ensure_topics
 
-    ensure_topics(
-        settings.kafka_config(),
-        [
-            settings.topic_orders,
-            settings.topic_products,
-            settings.topic_customer_profiles,
-            settings.topic_product_profiles,
-            settings.topic_dead_letter,
-        ],
-        settings.topic_partitions,
-    )
+    ensure_topics(settings.kafka_config(), settings.topics, settings.topic_partitions)
 
 
 def _run(action: Any) -> Any:

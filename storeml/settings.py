@@ -194,6 +194,17 @@ class Settings(BaseSettings):
         return self.mlflow_artifact_root or (self.mlflow_dir / "artifacts").as_uri()
 
     @property
+    def topics(self) -> list[str]:
+        """Every topic the enrichment job reads or writes (inputs, outputs, dead letters)."""
+        return [
+            self.topic_orders,
+            self.topic_products,
+            self.topic_customer_profiles,
+            self.topic_product_profiles,
+            self.topic_dead_letter,
+        ]
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.checkpoint_dir or self.home / "checkpoints" / "enrich"
 

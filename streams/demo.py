@@ -98,17 +98,7 @@ def run_demo(
         for start in range(0, len(stale), 1000):
             client.delete(*stale[start : start + 1000])
         client.close()
-        ensure_topics(
-            settings.kafka_config(),
-            [
-                settings.topic_orders,
-                settings.topic_products,
-                settings.topic_customer_profiles,
-                settings.topic_product_profiles,
-                settings.topic_dead_letter,
-            ],
-            settings.topic_partitions,
-        )
+        ensure_topics(settings.kafka_config(), settings.topics, settings.topic_partitions)
         echo(
             f"== 2/5 training per-store models for {stores} stores (MLflow at {settings.tracking_uri})"
         )

@@ -27,7 +27,7 @@ from storeml.models.events import ORDER
 from storeml.schemas.codec import get_codec
 from storeml.settings import Settings
 from tests.reference import assert_profiles_match, reference_profiles
-from tests.test_stream_e2e import _topics, input_events
+from tests.test_stream_e2e import input_events
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
         for kind, example in (("customer", "customer_propensity"), ("product", "product_category"))
     }
     names = {kind: handle.name for kind, handle in old.items()}
-    ensure_topics(settings.kafka_config(), _topics(settings), 2)
+    ensure_topics(settings.kafka_config(), settings.topics, 2)
     events = list(generate(GeneratorConfig(stores=5, events=5_000, seed=8)))
     first, second = events[:2_500], events[2_500:]
 

@@ -25,7 +25,7 @@ from storeml.connectors.profile_files import read_profiles
 from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.settings import Settings
 from tests.reference import assert_profiles_match, reference_profiles
-from tests.test_stream_e2e import _topics, input_events, redis_profiles
+from tests.test_stream_e2e import input_events, redis_profiles
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def streamed(spark: Any, settings: Settings, unique: str) -> Settings:
         }
     )
     train_on_synthetic(settings, stores=6, events=5_000, seed=13)
-    ensure_topics(settings.kafka_config(), _topics(settings), 3)
+    ensure_topics(settings.kafka_config(), settings.topics, 3)
     events = list(
         generate(GeneratorConfig(stores=6, events=7_000, seed=17, malformed_fraction=0.01))
     )

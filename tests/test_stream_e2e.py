@@ -31,18 +31,8 @@ from tests.reference import assert_profiles_match, reference_profiles
 pytestmark = pytest.mark.slow
 
 
-def _topics(settings: Settings) -> list[str]:
-    return [
-        settings.topic_orders,
-        settings.topic_products,
-        settings.topic_customer_profiles,
-        settings.topic_product_profiles,
-        settings.topic_dead_letter,
-    ]
-
-
 def produce(settings: Settings, config: GeneratorConfig) -> list[Any]:
-    ensure_topics(settings.kafka_config(), _topics(settings), 3)
+    ensure_topics(settings.kafka_config(), settings.topics, 3)
     events = list(generate(config))
     produce_events(settings.kafka_config(), events, settings.topic_orders, settings.topic_products)
     return events
@@ -235,7 +225,7 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(
                 "checkpoint_dir": tmp_path / name,
             }
         )
-        ensure_topics(s.kafka_config(), _topics(s), 3)
+        ensure_topics(s.kafka_config(), s.topics, 3)
         return s
 
     crashed, clean = variant("crashed"), variant("clean")
