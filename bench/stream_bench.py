@@ -747,27 +747,27 @@ def run_baseline_b(
     """Batches through ``models`` (facts, fold, per-store scoring), pipelined Redis writes."""
     from storeml.connectors.kafka_sink import KafkaRecordSink
     from storeml.connectors.redis_sink import RedisProfileSink
-    from storeml.models.events import order_facts, product_facts, validate_order, validate_product
+    from storeml.models.events import FactColumns, validate_order, validate_product
     from storeml.models.profiles import (
         ProfileState,
         apply_delta,
         customer_profiles,
-        facts_frame,
         fold,
         product_profiles,
         to_records,
     )
     from storeml.models.scoring import score_customers, score_products
     from storeml.schemas.codec import get_codec
-    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS, profile_headers
+    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS, encode_profiles
 
     routes = {
-        settings.topic_orders: (get_codec("order_event"), validate_order, order_facts),
-        settings.topic_products: (get_codec("product_event"), validate_product, product_facts),
+        settings.topic_orders: (get_codec("order_event"), validate_order, FactColumns.add_order),
+        settings.topic_products: (
+            get_codec("product_event"),
+            validate_product,
+            FactColumns.add_product,
+        ),
     }
-    customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
-    customer_schema = f"customer_profile/v{customer_codec.version}"
-    product_schema = f"product_profile/v{product_codec.version}"
     producer = KafkaRecordSink(settings.kafka_config())
     redis_sink = RedisProfileSink(settings.redis_url, settings.redis_prefix)
     state = ProfileState()
@@ -794,7 +794,7 @@ def run_baseline_b(
                 stages[name] += now - mark
                 mark = now
 
-            rows: list[dict[str, Any]] = []
+            columns = FactColumns()
             for message in messages:
                 if message.error():
                     raise BenchError(f"baseline B: consumer error {message.error()}")
@@ -802,9 +802,9 @@ def run_baseline_b(
                 codec, validate, to_facts = routes[topic]
                 record = codec.decode(message.value())
                 if validate(record) is None:
-                    rows.extend(to_facts(record, topic, message.partition(), message.offset(), 0))
+                    to_facts(columns, record, topic, message.partition(), message.offset(), 0)
             events += len(messages)
-            facts = facts_frame(rows)
+            facts = columns.frame()
             lap("decode_s")
             delta = fold(state, facts)
             state = apply_delta(state, delta)
@@ -826,23 +826,12 @@ def run_baseline_b(
             lap("score_s")
             customer_records = to_records(customers, CUSTOMER_FIELDS)
             product_records = to_records(products, PRODUCT_FIELDS)
-            encoded = [
-                (
-                    settings.topic_customer_profiles,
-                    f"{r['store_id']}|{r['customer_id']}".encode(),
-                    customer_codec.encode(r),
-                    profile_headers(r, customer_schema),
-                )
-                for r in customer_records
-            ] + [
-                (
-                    settings.topic_product_profiles,
-                    f"{r['store_id']}|{r['product_id']}".encode(),
-                    product_codec.encode(r),
-                    profile_headers(r, product_schema),
-                )
-                for r in product_records
-            ]
+            encoded = encode_profiles(
+                settings.topic_customer_profiles,
+                settings.topic_product_profiles,
+                customer_records,
+                product_records,
+            )
             lap("encode_s")
             for topic, key, value, headers in encoded:
                 producer.produce(topic, key, value, headers)

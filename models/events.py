@@ -25,8 +25,6 @@ __all__ = [
     "buckets_of",
     "validate_order",
     "validate_product",
-    "order_facts",
-    "product_facts",
     "facts_from_events",
     "FactColumns",
 ]
@@ -90,57 +88,6 @@ def validate_product(record: Mapping[str, Any]) -> str | None:
     if price is not None and price < 0:
         return f"product {record['product_id']} has a negative price_minor {price}"
     return None
-
-
-def order_facts(
-    record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
-) -> list[dict[str, Any]]:
-    """Fact rows (one per line) of a valid order."""
-    base = {
-        "bucket": bucket,
-        "kind": "order_line",
-        "store_id": record["store_id"],
-        "customer_id": record["customer_id"],
-        "order_id": record["order_id"],
-        "event_time": record["event_time"],
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-    }
-    return [
-        {
-            **base,
-            "product_id": line["product_id"],
-            "category": line.get("category"),
-            "quantity": line["quantity"],
-            "unit_price_minor": line["unit_price_minor"],
-        }
-        for line in record["lines"]
-    ]
-
-
-def product_facts(
-    record: Mapping[str, Any], topic: str, partition: int, offset: int, bucket: int
-) -> list[dict[str, Any]]:
-    """The fact row of a valid product event."""
-    return [
-        {
-            "bucket": bucket,
-            "kind": "product_event",
-            "store_id": record["store_id"],
-            "customer_id": record.get("customer_id"),
-            "product_id": record["product_id"],
-            "event_time": record["event_time"],
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "event_kind": record["kind"],
-            "title": record.get("title"),
-            "description": record.get("description"),
-            "price_minor": record.get("price_minor"),
-            "category": record.get("category"),
-        }
-    ]
 
 
 class FactColumns:

@@ -51,6 +51,7 @@ __all__ = [
     "job_context",
     "model_versions",
     "profile_headers",
+    "encode_profiles",
     "batch_totals",
 ]
 
@@ -335,6 +336,38 @@ def profile_headers(record: Mapping[str, Any], schema: str) -> list[tuple[str, b
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def encode_profiles(
+    customer_topic: str,
+    product_topic: str,
+    customers: list[dict[str, Any]],
+    products: list[dict[str, Any]],
+) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+    """``(topic, key, value, headers)`` of every profile record, ready to produce.
+
+    Keys are ``<store_id>|<entity_id>``, values Avro single-object encoded with the current
+    profile schemas, headers :func:`profile_headers`.
+    """
+    from storeml.schemas.codec import get_codec
+
+    out = []
+    for topic, records, id_field, name in (
+        (customer_topic, customers, "customer_id", "customer_profile"),
+        (product_topic, products, "product_id", "product_profile"),
+    ):
+        codec = get_codec(name)
+        schema = f"{name}/v{codec.version}"
+        out += [
+            (
+                topic,
+                f"{r['store_id']}|{r[id_field]}".encode(),
+                codec.encode(r),
+                profile_headers(r, schema),
+            )
+            for r in records
+        ]
+    return out
+
+
 def _model_label(model: dict[str, Any]) -> str:
     return f"{model['name']}:{model['version'] or 'none'}"
 
@@ -369,7 +402,6 @@ def enrich_task(
         )
         from storeml.models.serving import Scorer, score_kind
         from storeml.models.store_models import get_model_cache
-        from storeml.schemas.codec import get_codec
 
         timings: dict[str, float] = {}
         mark = time.perf_counter()
@@ -454,26 +486,10 @@ def enrich_task(
         first_bucket = int(pdf["bucket"].min())  # names this task's files and producer
         if ctx.profiles_dir is not None:
             write_profiles(ctx.profiles_dir, first_bucket, customer_records, product_records)
-        customer_codec, product_codec = get_codec("customer_profile"), get_codec("product_profile")
         encoded = (
-            [
-                (
-                    ctx.customer_topic,
-                    f"{r['store_id']}|{r['customer_id']}".encode(),
-                    customer_codec.encode(r),
-                    profile_headers(r, f"customer_profile/v{customer_codec.version}"),
-                )
-                for r in customer_records
-            ]
-            + [
-                (
-                    ctx.product_topic,
-                    f"{r['store_id']}|{r['product_id']}".encode(),
-                    product_codec.encode(r),
-                    profile_headers(r, f"product_profile/v{product_codec.version}"),
-                )
-                for r in product_records
-            ]
+            encode_profiles(
+                ctx.customer_topic, ctx.product_topic, customer_records, product_records
+            )
             if ctx.publish
             else []
         )
