@@ -40,6 +40,7 @@ from bench.stream_bench import (
     _ratio,
     _say,
     _yes,
+    add_world_options,
     preload_events,
     run_spark,
     start_services,
@@ -87,36 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_world_options(
+        parser,
+        events=1_000_000,
+        train_events=100_000,
+        train_help="synthetic history events to train on",
+    )
     add = parser.add_argument
-    add("--events", type=int, default=1_000_000, help="events pre-loaded")
-    add("--stores", type=int, default=1_000, help="stores in the synthetic world")
-    add("--seed", type=int, default=7, help="generator seed (history for training uses seed+1000)")
-    add("--train-events", type=int, default=100_000, help="synthetic history events to train on")
-    add("--max-records-per-batch", type=int, default=50_000, help="stream micro-batch cap")
     add(
         "--skip-stream",
         action="store_true",
         help="no stream run (then the lake is empty: topic only)",
     )
     add("--skip-topic", action="store_true", help="skip the recompute from the topics")
-    add("--timeout", type=float, default=1_800.0, help="limit of the stream run (s)")
-    add(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra storeml setting (e.g. state_buckets=4); repeatable",
-    )
-    add(
-        "--spark-conf",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra Spark property; repeatable",
-    )
-    add("--json", type=Path, default=None, help="also write the results as JSON here")
-    add("--keep-temp", action="store_true", help="keep the work folder")
     return parser
 
 

@@ -387,26 +387,32 @@ def run_spark(spark: Any, settings: Any, expected: int, timeout: float) -> dict[
         )
     else:
         out.update(steady_events=None, steady_s=None, steady_rate=None, steady_stages_s=None)
-    out["trigger_ms"] = _trigger_phases(query)
-    out["triggers"] = [
-        {"rows": t.get("numInputRows"), **(t.get("durationMs") or {})} for t in query.recentProgress
-    ]
+    out["triggers"] = _triggers(query)
+    out["trigger_ms"] = _trigger_phases(out["triggers"])
     return out
 
 
-def _trigger_phases(query: Any) -> dict[str, float]:
-    """Median milliseconds per phase of Spark's triggers that read data (``durationMs``).
+def _triggers(query: Any) -> list[dict[str, Any]]:
+    """Spark's recent triggers: input rows and milliseconds per phase (``durationMs``)."""
+    return [
+        {"rows": t.get("numInputRows"), **(t.get("durationMs") or {})} for t in query.recentProgress
+    ]
+
+
+def _trigger_phases(triggers: list[dict[str, Any]]) -> dict[str, float]:
+    """Median milliseconds per phase of the :func:`_triggers` that read data.
 
     ``addBatch`` is our foreachBatch; ``latestOffset`` asks the broker for the end offsets;
     ``walCommit``/``commitOffsets`` write the checkpoint's offset and commit logs;
     ``triggerExecution`` is the whole trigger.
     """
     phases: dict[str, list[float]] = {}
-    for progress in query.recentProgress:
-        if not progress.get("numInputRows"):
+    for trigger in triggers:
+        if not trigger["rows"]:
             continue
-        for name, ms in (progress.get("durationMs") or {}).items():
-            phases.setdefault(name, []).append(float(ms))
+        for name, ms in trigger.items():
+            if name != "rows":
+                phases.setdefault(name, []).append(float(ms))
     return {name: round(statistics.median(values), 1) for name, values in sorted(phases.items())}
 
 
@@ -1027,11 +1033,7 @@ def run_latency(
         idle_by = time.monotonic() + 10
         while query.status.get("isTriggerActive") and time.monotonic() < idle_by:
             time.sleep(0.01)
-        trigger_ms = _trigger_phases(query)
-        triggers = [
-            {"rows": t.get("numInputRows"), **(t.get("durationMs") or {})}
-            for t in query.recentProgress
-        ]
+        triggers = _triggers(query)
         query.stop()
         with contextlib.suppress(Exception):
             query.awaitTermination(30)
@@ -1057,7 +1059,7 @@ def run_latency(
         "batch_seconds": [round(r.seconds, 3) for r in reports],
         "batch_tasks": [r.tasks for r in reports],
         "batch_stages_s": [{k: round(v, 3) for k, v in r.stages.items()} for r in reports],
-        "trigger_ms": trigger_ms,
+        "trigger_ms": _trigger_phases(triggers),
         "triggers": triggers,
         "poll_errors": poll_errors,
     }
@@ -1232,23 +1234,49 @@ def format_report(results: Mapping[str, Any]) -> str:
 
 
 # --- driver -------------------------------------------------------------------------------------
+def add_world_options(
+    parser: argparse.ArgumentParser, *, events: int, train_events: int | None, train_help: str
+) -> None:
+    """The options the stream benchmarks share: the synthetic world, the stream, the output."""
+    add = parser.add_argument
+    add("--events", type=int, default=events, help="events pre-loaded")
+    add("--stores", type=int, default=1_000, help="stores in the synthetic world")
+    add("--seed", type=int, default=7, help="generator seed (history for training uses seed+1000)")
+    add("--train-events", type=int, default=train_events, help=train_help)
+    add("--max-records-per-batch", type=int, default=50_000, help="stream micro-batch cap")
+    add("--timeout", type=float, default=1_800.0, help="limit of the stream run (s)")
+    add(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra storeml setting for the stream (e.g. state_buckets=4); repeatable",
+    )
+    add(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark property (e.g. spark.sql.shuffle.partitions=4); repeatable",
+    )
+    add("--json", type=Path, default=None, help="also write the results as JSON here")
+    add("--keep-temp", action="store_true", help="keep the temporary work folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.stream_bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add = parser.add_argument
-    add("--events", type=int, default=200_000, help="events pre-loaded for the throughput runs")
-    add("--stores", type=int, default=1_000, help="stores in the synthetic world")
-    add("--seed", type=int, default=7, help="generator seed (history for training uses seed+1000)")
-    add(
-        "--train-events",
-        type=int,
-        default=None,
-        help="synthetic history events to train on (default: --events)",
+    add_world_options(
+        parser,
+        events=200_000,
+        train_events=None,
+        train_help="synthetic history events to train on (default: --events)",
     )
-    add("--max-records-per-batch", type=int, default=50_000, help="stream micro-batch cap")
+    add = parser.add_argument
     add("--partitions", type=int, default=None, help="input topic partitions (default: settings)")
     add(
         "--baseline-a-events",
@@ -1280,25 +1308,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for the last samples after producing",
     )
-    add("--timeout", type=float, default=1_800.0, help="limit of the Spark end-to-end run (s)")
     add("--skip-latency", action="store_true", help="skip the latency run")
     add("--skip-baselines", action="store_true", help="skip baselines A and B")
     add("--skip-spark", action="store_true", help="skip the Spark end-to-end run")
-    add(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra storeml setting for the stream (e.g. state_buckets=4); repeatable",
-    )
-    add(
-        "--spark-conf",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra Spark property (e.g. spark.sql.shuffle.partitions=4); repeatable",
-    )
     add(
         "--bytecode-cache",
         type=Path,
@@ -1310,8 +1322,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave PYTHONDONTWRITEBYTECODE / PYTHONPYCACHEPREFIX as they are",
     )
-    add("--json", type=Path, default=None, help="also write the results as JSON here")
-    add("--keep-temp", action="store_true", help="keep the temporary work folder")
     return parser
 
 
