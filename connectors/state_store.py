@@ -75,8 +75,11 @@ _snapshots: list[Future[None]] = []
 
 def wait_for_snapshots() -> None:
     """Block until this process's background snapshots are written (tests; clean shutdowns)."""
-    while _snapshots:
-        _snapshots.pop().result()
+    with _cache_lock:
+        pending = list(_snapshots)
+        _snapshots.clear()
+    for future in pending:
+        future.result()
 
 
 def clear_cache() -> None:
@@ -195,8 +198,9 @@ class ProfileStateStore:
         with _cache_lock:
             _cache[(str(self.folder), self.bucket)] = (version, after)
         if version > 0 and version % self.snapshot_every == 0:
-            _snapshots[:] = [f for f in _snapshots if not f.done()]
-            _snapshots.append(_snapshot_writer.submit(self._snapshot, version, after))
+            snapshot = _snapshot_writer.submit(self._snapshot, version, after)
+            with _cache_lock:  # two delta writers may get here at once
+                _snapshots[:] = [f for f in _snapshots if not f.done()] + [snapshot]
         _stats.commit_seconds += time.perf_counter() - started
 
     def _snapshot(self, version: int, after: ProfileState) -> None:

@@ -130,8 +130,9 @@ class Settings(BaseSettings):
     lake_compact_seconds: float = Field(
         default=60.0,
         gt=0,
-        description="How often the stream's driver moves incoming lake files into the"
-        " store/date layout (one file per store and day per compaction).",
+        description="How often the stream's driver starts a compaction (a low-priority child"
+        " process) that moves incoming lake files into the store/date layout (one file per store"
+        " and day per compaction).",
     )
     lake_dir: Path | None = Field(
         default=None,

@@ -638,8 +638,8 @@ def enrich_facts(
     """Metrics DataFrame of ``run_task`` applied to each task's buckets (a lazy Spark plan).
 
     ``labels`` come from :func:`partition_labels` for ``partitions`` (default: the session's
-    shuffle partitions); each
-    partition's Python worker gathers its buckets' facts whole and hands them to ``run_task``.
+    shuffle partitions); each partition's Python worker gathers its buckets' facts whole and hands
+    them to ``run_task``.
     The decode tasks' :data:`DECODE_STATS` rows become one metrics row (no bucket) per partition
     that received any.
     """
