@@ -135,7 +135,8 @@ def settings(
     unique: str,
     tmp_path: Path,
 ) -> Settings:
-    """Settings for one test: the session services; its own topics, key prefix, checkpoint, lake."""
+    """Settings for one test: the session services; its own topics, key prefix, registered model
+    names, checkpoint and lake."""
     return load_settings(
         home=settings_home,
         kafka_bootstrap=kafka_bootstrap,
@@ -149,6 +150,8 @@ def settings(
         topic_product_profiles=f"test.{unique}.product-profiles",
         topic_dead_letter=f"test.{unique}.dead-letter",
         redis_prefix=f"test:{unique}",
+        customer_model=f"test-{unique}-customers",
+        product_model=f"test-{unique}-products",
         checkpoint_dir=tmp_path / "checkpoint",
         lake_dir=tmp_path / "lake",
     )

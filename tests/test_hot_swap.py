@@ -81,7 +81,7 @@ def _phase(record: dict[str, Any], ends: dict[tuple[str, int], int]) -> int:
 
 
 def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
-    spark: Any, settings: Settings, unique: str, tmp_path: Path
+    spark: Any, settings: Settings, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 
@@ -89,13 +89,7 @@ def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
     from storeml.batch.train import train_package
     from storeml.streams.enrich import start_enrichment
 
-    settings = settings.model_copy(
-        update={
-            "max_records_per_batch": 1_000,
-            "customer_model": f"test-{unique}-customers",
-            "product_model": f"test-{unique}-products",
-        }
-    )
+    settings = settings.model_copy(update={"max_records_per_batch": 1_000})
     old = train_on_synthetic(settings, stores=5, events=4_000, seed=3)  # -> @champion
     facts, cutoff = synthetic_facts(stores=5, events=4_000, seed=4)
     new = {

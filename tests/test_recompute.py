@@ -80,17 +80,11 @@ def _redis(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def streamed(spark: Any, settings: Settings, unique: str) -> Settings:
+def streamed(spark: Any, settings: Settings) -> Settings:
     """A stream run over 6 stores' events (a few malformed), with its lake."""
     from storeml.batch.history import train_on_synthetic
 
-    settings = settings.model_copy(
-        update={
-            "max_records_per_batch": 2_000,
-            "customer_model": f"test-{unique}-customers",
-            "product_model": f"test-{unique}-products",
-        }
-    )
+    settings = settings.model_copy(update={"max_records_per_batch": 2_000})
     train_on_synthetic(settings, stores=6, events=5_000, seed=13)
     ensure_topics(settings.kafka_config(), settings.topics, 3)
     events = list(

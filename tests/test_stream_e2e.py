@@ -85,19 +85,11 @@ def redis_profiles(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_stream_matches_plain_pandas_and_dead_letters(
-    spark: Any, settings: Settings, unique: str
-) -> None:
+def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Settings) -> None:
     from storeml.batch.history import train_on_synthetic
     from storeml.streams.enrich import start_enrichment
 
-    settings = settings.model_copy(
-        update={
-            "max_records_per_batch": 2_500,
-            "customer_model": f"test-{unique}-customers",
-            "product_model": f"test-{unique}-products",
-        }
-    )
+    settings = settings.model_copy(update={"max_records_per_batch": 2_500})
     handles = train_on_synthetic(settings, stores=6, events=6_000, seed=11)
     produce(settings, GeneratorConfig(stores=6, events=8_000, seed=5, malformed_fraction=0.01))
     good, bad = input_events(settings)
@@ -201,17 +193,11 @@ def _committed(checkpoint: Path) -> int:
 
 
 def test_kill_9_mid_run_then_restart_equals_uninterrupted(
-    settings: Settings, unique: str, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     from storeml.batch.history import train_on_synthetic
 
-    base = settings.model_copy(
-        update={
-            "max_records_per_batch": 1_500,
-            "customer_model": f"test-{unique}-customers",
-            "product_model": f"test-{unique}-products",
-        }
-    )
+    base = settings.model_copy(update={"max_records_per_batch": 1_500})
     train_on_synthetic(base, stores=5, events=5_000, seed=21)
     produce(base, GeneratorConfig(stores=5, events=12_000, seed=9, malformed_fraction=0.005))
 
