@@ -34,6 +34,14 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
+_GUARDED_DELETE = """
+local current = redis.call('HGET', KEYS[1], 'profile_version')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 _JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source", "shadow"}
 
 
@@ -124,6 +132,31 @@ class RedisProfileSink(Sink):
             ) from exc
         written = sum(1 for r in results if r == 1)
         return written, len(calls) - written
+
+    def delete(self, kind: str, entities: Iterable[tuple[str, str, int]]) -> int:
+        """Delete the profiles of ``(store_id, entity_id, profile_version)`` (idle expiry).
+
+        Guarded like the writes: a profile newer than the given version stays. Returns how many
+        were deleted.
+        """
+        import redis
+
+        self.ensure_setup()
+        calls = [
+            (profile_key(self.prefix, kind, store, entity), int(version))
+            for store, entity, version in entities
+        ]
+        if not calls:
+            return 0
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key, version in calls:
+                pipe.eval(_GUARDED_DELETE, 1, key, version)
+            return sum(int(r) for r in pipe.execute())
+        except redis.RedisError as exc:
+            raise ConnectorError(
+                f"Redis delete of {len(calls)} expired {kind} profiles failed: {exc}"
+            ) from exc
 
     def _execute(self, calls: list[tuple[str, Any, list[str]]]) -> list[Any]:
         """One pipeline of EVALSHA calls of the guard (cheaper per call than redis-py's Script)."""

@@ -1,228 +1,517 @@
-"""Versioned profile state, one folder per state bucket, inside the stream's checkpoint.
+"""Durable, entity-keyed profile state inside the stream's checkpoint, and its recovery rules.
 
-Why our own store: Spark's built-in stateful operators call Python once per key, which costs far more
-than the fold itself at tens of thousands of entities per micro-batch. Here a micro-batch folds a
-whole bucket in one vectorised pandas call, and the state follows the same recovery contract as
-Spark's state store:
+The state is split into ``buckets`` *virtual buckets* (a hash of the store id, fixed for the life
+of a checkpoint, like Kafka partitions). A micro-batch runs as ``n`` enrich tasks, whatever the
+bucket count: task ``p`` holds the buckets ``b`` with ``b % n == p``, so the same checkpoint runs
+with 2 tasks or 64, and ``n`` may change between runs.
 
-* version ``v`` is the state *after* micro-batch ``v``; batch ``v`` reads version ``v - 1`` and writes
-  version ``v`` as a *delta* (the new rows of the entities it touched), atomically (write, then rename);
-* every ``snapshot_every`` versions the full state is written as a snapshot; loading a version reads
-  the newest snapshot at or below it and applies the deltas after it;
-* Spark's commit log is the source of truth: a batch that did not commit is re-run on restart with
-  the same offsets, reads ``v - 1`` again and rewrites the same delta, so a crash at any point
-  leaves no trace (deltas above the last committed batch are simply overwritten);
-* each Python worker keeps the latest version of every bucket it served in memory and catches up by
-  reading only the deltas it missed (Spark hands a bucket's task to any idle worker);
-* a delta is written in a background thread while the task scores and writes its sinks; the task
-  waits for it before it ends (:meth:`ProfileStateStore.commit` returns the future), so the state
-  is durable before Spark commits the batch. Snapshots are written and old files cleaned in the
-  background without waiting: a snapshot only shortens recovery, and one cut off by a crash is
-  incomplete and ignored.
+Version ``v`` is the state after micro-batch ``v``; batch ``v`` reads version ``v - 1``. Layout::
 
-Layout: ``<root>/bucket=<k>/<version>-<delta|snapshot>-<table>.parquet``. Works on local disk or any
-mounted shared filesystem (object stores are not supported yet).
+    <root>/changelog/<v>-<p>of<n>-<table>.parquet   rows task p of batch v changed (bucket column;
+                                                    customers/products rows with expired=true are
+                                                    deletions, applied before the upserts)
+    <root>/changelog/<v>.json                       manifest of batch v: {"<p>of<n>": [buckets]},
+                                                    written by the driver once every task succeeded
+    <root>/snapshots/bucket=<k>/<v>-<table>.parquet  every row of bucket k at version v
+    <root>/snapshots/bucket=<k>/<v>.json            marker: that snapshot is complete
+
+A batch reads and writes only the entities it touches: their rows come from the host's working
+copy (:mod:`storeml.connectors.state_db`), and the batch appends their new rows to the changelog.
+Each bucket is snapshotted once every ``snapshot_every`` batches when it changed, staggered by
+bucket number (batch ``v`` snapshots the buckets ``k`` with ``k % snapshot_every == v %
+snapshot_every``), from the working copy; quiet buckets too, so the changelog can be cleaned.
+
+Recovery (:meth:`StateStore.prepare`), per bucket, from the version ``c`` the working copy holds:
+
+* ``c == v - 1``: nothing to do (the usual case on one host: every worker shares the copy);
+* ``v - 1 - retain <= c < v - 1``: *catch up*, applying the changelog of batches ``c+1 .. v-1``.
+  The cleaner deletes a changelog entry only when it is more than ``retain`` batches old, so every
+  entry such a catch-up needs is there: no listing can race a cleaning;
+* otherwise (no copy, a copy too far behind, or ahead: a batch that did not commit is replayed):
+  *rebuild* the bucket from its newest snapshot at or below ``v - 1`` plus the changelog after it.
+  A changelog entry found missing during a rebuild was cleaned behind a newer snapshot: the bucket's
+  snapshots are listed again, and the rebuild starts over from the newer one.
+
+Cleaning (:func:`clean`, on the driver) deletes a batch's changelog only when it is older than
+``retain`` batches and every bucket it names has a snapshot at or above it, and older snapshots
+only when a newer one at or below that floor exists (marker first, then the tables). Leftover
+``.tmp`` files and the files of batches that never committed are removed when a query starts
+(:func:`prepare_checkpoint`).
+
+Works on local disk or any mounted shared filesystem (object stores are not supported yet).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storeml.connectors.state_db import StateDB, open_db
 from storeml.errors import StateError
-from storeml.models.profiles import ProfileState, StateDelta, apply_delta
+from storeml.models.profiles import (
+    CATEGORY_KEY,
+    CUSTOMER_KEY,
+    PRODUCT_KEY,
+    STATE_COLUMNS,
+    ProfileState,
+    StateDelta,
+)
 
 __all__ = [
-    "ProfileStateStore",
-    "StateStoreStats",
-    "clear_cache",
-    "cache_stats",
+    "StateStore",
+    "StateStats",
+    "clean",
+    "prepare_checkpoint",
+    "write_manifest",
     "wait_for_snapshots",
+    "task_buckets",
 ]
 
-_FILE = re.compile(r"^(\d{12})-(delta|snapshot)-(customers|categories|products)\.parquet$")
+log = logging.getLogger("storeml.state")
+
 _TABLES = ProfileState.TABLES
+_KEYS = {"customers": CUSTOMER_KEY, "categories": CATEGORY_KEY, "products": PRODUCT_KEY}
+_CHANGE = re.compile(r"^(\d{12})-(\d+)of(\d+)-(customers|categories|products)\.parquet$")
+_MANIFEST = re.compile(r"^(\d{12})\.json$")
+
+
+def task_buckets(partition: int, partitions: int, buckets: int) -> list[int]:
+    """The virtual buckets enrich task ``partition`` of ``partitions`` holds."""
+    return list(range(partition, buckets, partitions))
 
 
 @dataclass
-class StateStoreStats:
-    """Per-process counters of the state cache."""
+class StateStats:
+    """What one task asked of the state (tests count reads and writes against touched entities)."""
 
-    hits: int = 0
+    keys_read: int = 0
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_expired: int = 0
     catch_ups: int = 0
-    full_loads: int = 0
-    load_seconds: float = 0.0
-    commit_seconds: float = 0.0
+    rebuilds: int = 0
+    snapshots: int = 0
+    recover_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
 
 
-_cache: dict[tuple[str, int], tuple[int, ProfileState]] = {}
-_cache_lock = threading.Lock()
-_stats = StateStoreStats()
-_delta_writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storeml-state-delta")
-_snapshot_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storeml-state-snapshot")
-_snapshots: list[Future[None]] = []
+_writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="storeml-state-write")
+_pending: list[Future[None]] = []
+_pending_lock = threading.Lock()
+_manifests: OrderedDict[tuple[str, int], dict[str, list[int]] | None] = OrderedDict()
 
 
 def wait_for_snapshots() -> None:
-    """Block until this process's background snapshots are written (tests; clean shutdowns)."""
-    with _cache_lock:
-        pending = list(_snapshots)
-        _snapshots.clear()
+    """Block until this process's background snapshot writes are done (tests; clean shutdowns)."""
+    with _pending_lock:
+        pending = list(_pending)
+        _pending.clear()
     for future in pending:
         future.result()
 
 
-def clear_cache() -> None:
-    """Forget every cached bucket of this process (tests; a new checkpoint reusing a path)."""
-    with _cache_lock:
-        _cache.clear()
+def _atomic_parquet(frame: pd.DataFrame, final: Path) -> None:
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), temp)
+    os.replace(temp, final)
 
 
-def cache_stats() -> StateStoreStats:
-    return _stats
+def _atomic_json(value: object, final: Path) -> None:
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    temp.write_text(json.dumps(value, sort_keys=True))
+    os.replace(temp, final)
 
 
-class ProfileStateStore:
-    """The state of one bucket. Cheap to construct; reads and writes files only when asked."""
+class StateStore:
+    """The profile state of one checkpoint, as seen from one enrich task.
+
+    Cheap to construct (a task builds one per batch); the SQLite connection is opened once per
+    process and thread (:func:`storeml.connectors.state_db.open_db`).
+    """
 
     def __init__(
-        self, root: str | Path, bucket: int, snapshot_every: int = 20, retain: int = 50
+        self,
+        root: str | Path,
+        state_id: str,
+        buckets: int,
+        cache_dir: str | Path,
+        *,
+        snapshot_every: int = 20,
+        retain: int = 50,
+        cache_mb: int = 64,
+        expiry: bool = False,
     ) -> None:
         self.root = Path(root)
-        self.bucket = bucket
-        self.folder = self.root / f"bucket={bucket:05d}"
+        self.changelog = self.root / "changelog"
+        self.snapshots = self.root / "snapshots"
+        self.buckets = buckets
         self.snapshot_every = snapshot_every
         self.retain = retain
+        self.db_path = Path(cache_dir) / f"state-{state_id}.sqlite"
+        self.cache_mb = cache_mb
+        self.expiry = expiry
+        self.stats = StateStats()
 
-    # --- files ---------------------------------------------------------------------------
-    def _files(self) -> dict[int, dict[str, dict[str, Path]]]:
-        """version -> kind -> table -> path."""
-        found: dict[int, dict[str, dict[str, Path]]] = {}
-        if not self.folder.exists():
-            return found
-        for path in self.folder.iterdir():
-            match = _FILE.match(path.name)
-            if match:
-                version, kind, table = int(match.group(1)), match.group(2), match.group(3)
-                found.setdefault(version, {}).setdefault(kind, {})[table] = path
-        return found
+    @property
+    def db(self) -> StateDB:
+        return open_db(self.db_path, self.cache_mb, self.expiry)
 
-    def _path(self, version: int, kind: str, table: str) -> Path:
-        return self.folder / f"{version:012d}-{kind}-{table}.parquet"
-
-    def _write(self, version: int, kind: str, tables: dict[str, pd.DataFrame]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for table in _TABLES:
-            frame = tables[table]
-            final = self._path(version, kind, table)
-            temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), temp)
-            os.replace(temp, final)
-
-    @staticmethod
-    def _read(paths: dict[str, Path]) -> dict[str, pd.DataFrame]:
-        return {table: pq.read_table(path).to_pandas() for table, path in paths.items()}
-
-    # --- API -------------------------------------------------------------------------------
-    def load(self, version: int) -> ProfileState:
-        """The state after micro-batch ``version`` (``-1``: before the first batch, empty)."""
-        key = (str(self.folder), self.bucket)
-        with _cache_lock:
-            cached = _cache.get(key)
-        if cached is not None and cached[0] == version:
-            _stats.hits += 1
-            return cached[1]
+    # --- recovery ------------------------------------------------------------------------------
+    def prepare(self, buckets: list[int], version: int) -> None:
+        """Bring ``buckets`` of the working copy to ``version`` (catch up or rebuild)."""
         started = time.perf_counter()
+        held = self.db.versions(buckets)
+        behind: dict[int, int] = {}
+        rebuild: list[int] = []
+        for bucket in buckets:
+            have = held.get(bucket)
+            if have == version:
+                continue
+            if have is not None and version - self.retain <= have < version:
+                behind[bucket] = have
+            else:
+                rebuild.append(bucket)
+        if behind:
+            self._catch_up(behind, version, strict=True)
+            self.stats.catch_ups += len(behind)
+        for bucket in rebuild:
+            self._rebuild(bucket, version)
+            self.stats.rebuilds += 1
+        self.stats.recover_s += time.perf_counter() - started
+
+    def _manifest(self, version: int) -> dict[str, list[int]] | None:
+        key = (str(self.changelog), version)
+        if key in _manifests:
+            return _manifests[key]
+        path = self.changelog / f"{version:012d}.json"
         try:
-            state = self._load_files(version, cached)
-        except FileNotFoundError:  # a cleaning in another process took a delta we listed
-            state = self._load_files(version, None)
-        with _cache_lock:
-            _cache[key] = (version, state)
-        _stats.load_seconds += time.perf_counter() - started
-        return state
+            manifest: dict[str, list[int]] | None = json.loads(path.read_text())["files"]
+        except FileNotFoundError:
+            return None  # not cached: a later look may find it (a replayed batch writes it)
+        _manifests[key] = manifest
+        while len(_manifests) > 4096:
+            _manifests.popitem(last=False)
+        return manifest
 
-    def _load_files(self, version: int, cached: tuple[int, ProfileState] | None) -> ProfileState:
-        files = self._files()
-        complete = [
-            v for v, kinds in files.items() if len(kinds.get("snapshot", {})) == len(_TABLES)
-        ]
-        snapshots = [v for v in complete if v <= version]
-        # A missing delta means "bucket untouched in that batch", except for versions at or below
-        # the oldest snapshot, whose deltas a cleaning may have deleted: catch up from the cached
-        # version only when it is not below that snapshot.
-        if (
-            cached is not None
-            and cached[0] < version
-            and (not complete or cached[0] >= min(complete))
-        ):
-            base_version, state = cached
-            _stats.catch_ups += 1
-        else:
-            base_version, state = -1, ProfileState()
-            if snapshots:
-                base_version = max(snapshots)
-                state = ProfileState.from_tables(self._read(files[base_version]["snapshot"]))
-            _stats.full_loads += 1
-        pending = [v for v in sorted(files) if base_version < v <= version and "delta" in files[v]]
-        for v in pending:
-            if len(files[v]["delta"]) != len(_TABLES):
-                raise StateError(
-                    f"{self.folder}: delta {v} is incomplete ({sorted(files[v]['delta'])});"
-                    " the checkpoint was damaged outside storeml; restore it or start a new one"
-                )
-            state = apply_delta(state, StateDelta.from_tables(self._read(files[v]["delta"])))
-        return state
+    def _catch_up(self, held: dict[int, int], version: int, strict: bool) -> bool:
+        """Apply batches ``held[b]+1 .. version`` of the changelog to each bucket ``b``.
 
-    def commit(self, version: int, delta: StateDelta, after: ProfileState) -> Future[None]:
-        """Persist ``delta`` as version ``version`` (``after`` = the state it produces).
-
-        The delta is written in a background thread: wait for the returned future before the
-        micro-batch ends. A due snapshot follows in the background, nobody waits for it.
+        Returns False when a manifest was missing (only allowed when not ``strict``: a rebuild,
+        whose caller then looks for a newer snapshot).
         """
-        return _delta_writer.submit(self._commit, version, delta, after)
+        db = self.db
+        complete = True
+        with db.transaction():
+            for v in range(min(held.values()) + 1, version + 1):
+                manifest = self._manifest(v)
+                if manifest is None:
+                    if strict:
+                        raise StateError(
+                            f"{self.changelog}: the changelog of batch {v} is missing, and state"
+                            f" bucket(s) {sorted(held)} need it to reach version {version}; the"
+                            " checkpoint was damaged outside storeml; restore it or start a new one"
+                        )
+                    complete = False
+                    continue
+                for name, in_file in manifest.items():
+                    wanted = [b for b in in_file if b in held and held[b] < v]
+                    if wanted:
+                        tables = self._read_change(v, name, wanted)
+                        db.write(*_as_delta(tables))
+                        db.db.executemany(
+                            "UPDATE buckets SET changed = ? WHERE bucket = ?",
+                            [(v, b) for b in wanted],
+                        )
+            db.set_versions(held, version)
+        return complete
 
-    def _commit(self, version: int, delta: StateDelta, after: ProfileState) -> None:
-        started = time.perf_counter()
-        self._write(version, "delta", delta.tables())
-        with _cache_lock:
-            _cache[(str(self.folder), self.bucket)] = (version, after)
-        if version > 0 and version % self.snapshot_every == 0:
-            snapshot = _snapshot_writer.submit(self._snapshot, version, after)
-            with _cache_lock:  # two delta writers may get here at once
-                _snapshots[:] = [f for f in _snapshots if not f.done()] + [snapshot]
-        _stats.commit_seconds += time.perf_counter() - started
+    def _read_change(self, version: int, name: str, buckets: list[int]) -> dict[str, pd.DataFrame]:
+        out = {}
+        for table in _TABLES:
+            path = self.changelog / f"{version:012d}-{name}-{table}.parquet"
+            frame = pq.read_table(path, filters=[("bucket", "in", buckets)]).to_pandas()
+            out[table] = frame
+        self.stats.rows_read += sum(len(f) for f in out.values())
+        return out
 
-    def _snapshot(self, version: int, after: ProfileState) -> None:
-        self._write(version, "snapshot", after.tables())
-        self._clean(version)
+    def _snapshot_markers(self, bucket: int) -> list[int]:
+        folder = self.snapshots / f"bucket={bucket:05d}"
+        if not folder.exists():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _MANIFEST.match(p.name)))
 
-    def _clean(self, version: int) -> None:
-        """Drop files no longer needed to restore any of the last ``retain`` versions."""
-        files = self._files()
-        floor = version - self.retain
-        snapshots = [
-            v
-            for v, kinds in files.items()
-            if v <= floor and len(kinds.get("snapshot", {})) == len(_TABLES)
+    def _rebuild(self, bucket: int, version: int) -> None:
+        for _attempt in range(20):
+            markers = [v for v in self._snapshot_markers(bucket) if v <= version]
+            base = markers[-1] if markers else -1
+            db = self.db
+            try:
+                with db.transaction():
+                    db.drop_buckets([bucket])
+                    if base >= 0:
+                        folder = self.snapshots / f"bucket={bucket:05d}"
+                        tables = {
+                            t: pq.read_table(folder / f"{base:012d}-{t}.parquet").to_pandas()
+                            for t in _TABLES
+                        }
+                        db.write(_as_delta(tables)[0])
+                    db.set_versions([bucket], base)
+                    db.db.execute(
+                        "UPDATE buckets SET snapshot = ?, changed = ? WHERE bucket = ?",
+                        (base, base, bucket),
+                    )
+                complete = self._catch_up({bucket: base}, version, strict=False)
+            except FileNotFoundError:
+                continue  # a snapshot or change file cleaned while we read it: start over
+            newer = [v for v in self._snapshot_markers(bucket) if base < v <= version]
+            if complete or not newer:
+                return
+        raise StateError(
+            f"{self.snapshots}: could not rebuild state bucket {bucket} at version {version}:"
+            " its files kept changing under 20 attempts; is another query using this checkpoint?"
+        )
+
+    # --- the batch ------------------------------------------------------------------------------
+    def read(self, facts: pd.DataFrame) -> ProfileState:
+        """State rows of every entity the facts touch (and each touched customer's categories)."""
+        customer_rows = facts[
+            facts["customer_id"].notna()
+            & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
         ]
-        if not snapshots:
+        customers = customer_rows[["bucket", *CUSTOMER_KEY]].drop_duplicates()
+        products = facts[facts["product_id"].notna()][["bucket", *PRODUCT_KEY]].drop_duplicates()
+        db = self.db
+        before = db.counters.rows_read
+        with db.transaction(write=False):
+            state = db.read(customers, products)
+        self.stats.keys_read += len(customers) + len(products)
+        self.stats.rows_read += db.counters.rows_read - before
+        return state
+
+    def idle(self, buckets: list[int], before_ms: int) -> dict[str, pd.DataFrame]:
+        """Entities of ``buckets`` not touched since ``before_ms`` (expiry), as bucket + key."""
+        with self.db.transaction(write=False):
+            return self.db.idle(buckets, before_ms)
+
+    def commit(
+        self,
+        version: int,
+        partition: int,
+        partitions: int,
+        buckets: list[int],
+        delta: StateDelta,
+        expired: dict[str, pd.DataFrame],
+    ) -> tuple[Future[None], list[int]]:
+        """Persist batch ``version`` of task ``partition`` of ``partitions``.
+
+        ``delta`` frames carry a ``bucket`` column. The changelog files are written in a background
+        thread (wait for the future before the task ends); the working copy is updated here, and
+        all of ``buckets`` are marked as held at ``version``. Returns the future and the buckets
+        this task changed (for the driver's manifest).
+        """
+        changed = sorted(
+            {int(b) for frame in (delta.customers, delta.products) for b in frame["bucket"]}
+            | {int(b) for frame in expired.values() for b in frame["bucket"]}
+        )
+        tables = _change_tables(delta, expired)
+        name = f"{partition}of{partitions}"
+        self.changelog.mkdir(parents=True, exist_ok=True)
+        future = _writer.submit(self._write_change, version, name, tables)
+        db = self.db
+        with db.transaction():
+            db.write(delta, expired)
+            db.set_versions(buckets, version)
+            db.db.executemany(
+                "UPDATE buckets SET changed = ? WHERE bucket = ?", [(version, b) for b in changed]
+            )
+        self.stats.rows_written += sum(len(f) for f in tables.values())
+        self.stats.rows_expired += sum(len(f) for f in expired.values())
+        return future, changed
+
+    def _write_change(self, version: int, name: str, tables: dict[str, pd.DataFrame]) -> None:
+        for table in _TABLES:
+            _atomic_parquet(
+                tables[table], self.changelog / f"{version:012d}-{name}-{table}.parquet"
+            )
+
+    def snapshot_due(self, buckets: list[int], version: int) -> None:
+        """Snapshot the due ones of ``buckets`` (see the module docstring), in the background."""
+        due = [b for b in buckets if b % self.snapshot_every == version % self.snapshot_every]
+        if not due:
             return
-        keep_from = max(snapshots)
-        for v, kinds in files.items():
-            if v < keep_from or (v == keep_from and "delta" in kinds):
-                for kind, tables in kinds.items():
-                    if v == keep_from and kind == "snapshot":
-                        continue
-                    for path in tables.values():
-                        path.unlink(missing_ok=True)
+        db = self.db
+        with db.transaction(write=False):
+            rows = db.db.execute(
+                f"SELECT bucket, changed, snapshot FROM buckets WHERE bucket IN"
+                f" ({','.join('?' * len(due))})",
+                due,
+            ).fetchall()
+            info = {b: (changed, snap) for b, changed, snap in rows}
+            dumps = {
+                b: db.dump(b)
+                for b in due
+                if b not in info or info[b][1] < 0 or info[b][0] > info[b][1]
+            }
+        for bucket, tables in dumps.items():
+            future = _writer.submit(self._write_snapshot, bucket, version, tables)
+            with _pending_lock:
+                _pending[:] = [f for f in _pending if not f.done()] + [future]
+            self.stats.snapshots += 1
+
+    def _write_snapshot(self, bucket: int, version: int, tables: dict[str, pd.DataFrame]) -> None:
+        folder = self.snapshots / f"bucket={bucket:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for table in _TABLES:
+            _atomic_parquet(tables[table], folder / f"{version:012d}-{table}.parquet")
+        _atomic_json({"version": version, "bucket": bucket}, folder / f"{version:012d}.json")
+        db = self.db  # this writer thread's own connection
+        with db.transaction():
+            db.db.execute(
+                "UPDATE buckets SET snapshot = MAX(snapshot, ?) WHERE bucket = ?", (version, bucket)
+            )
+
+    def scan(self, table: str, buckets: list[int], chunk_rows: int) -> Iterable[pd.DataFrame]:
+        """Every row of ``table`` in ``buckets`` of the working copy, ``chunk_rows`` at a time."""
+        return self.db.scan(table, buckets, chunk_rows)
+
+
+def _change_tables(delta: StateDelta, expired: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The changelog tables of one task's batch: upserts, and deletions flagged ``expired``."""
+    out = {}
+    for table in _TABLES:
+        rows = getattr(delta, table).reset_index()
+        rows["expired"] = False
+        gone = expired.get(table)
+        if gone is not None and len(gone):
+            gone = gone.assign(expired=True)
+            rows = pd.concat([gone, rows], ignore_index=True)
+        columns = ["bucket", *_KEYS[table], *STATE_COLUMNS[table], "expired"]
+        for column in columns:
+            if column not in rows:
+                rows[column] = None
+        rows["bucket"] = rows["bucket"].astype("int32")
+        out[table] = _typed(rows[columns], table)
+    return out
+
+
+def _typed(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    for column, dtype in STATE_COLUMNS[table].items():
+        if dtype != "object":
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _as_delta(tables: dict[str, pd.DataFrame]) -> tuple[StateDelta, dict[str, pd.DataFrame]]:
+    """Changelog (or snapshot) tables -> (upserts as a StateDelta with bucket column, deletions)."""
+    parts: dict[str, pd.DataFrame] = {}
+    expired: dict[str, pd.DataFrame] = {}
+    for table in _TABLES:
+        frame = tables[table]
+        if "expired" in frame:
+            flags = frame["expired"].fillna(False).astype(bool)
+            if table != "categories" and flags.any():
+                expired[table] = frame.loc[flags, ["bucket", *_KEYS[table], "profile_version"]]
+            frame = frame.loc[~flags].drop(columns="expired")
+        state = ProfileState.from_tables({table: frame.drop(columns="bucket")})
+        indexed = getattr(state, table)
+        indexed.insert(0, "bucket", frame["bucket"].astype("int64").to_numpy())
+        parts[table] = indexed
+    return StateDelta(parts["customers"], parts["categories"], parts["products"]), expired
+
+
+# --- driver side --------------------------------------------------------------------------------
+def write_manifest(root: str | Path, version: int, files: dict[str, list[int]]) -> None:
+    """Commit batch ``version`` of the state: which task file holds which changed buckets."""
+    folder = Path(root) / "changelog"
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_json({"version": version, "files": files}, folder / f"{version:012d}.json")
+
+
+def prepare_checkpoint(root: str | Path, next_version: int) -> int:
+    """At query start: remove ``.tmp`` leftovers and the files of batches that never committed.
+
+    ``next_version`` is the batch about to run: its changelog and any later one come from an
+    attempt that did not commit (a crash), perhaps with another task count. Returns the number of
+    files removed.
+    """
+    root = Path(root)
+    removed = 0
+    if not root.exists():
+        return 0
+    for path in root.rglob("*.tmp"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    changelog = root / "changelog"
+    if changelog.exists():
+        for path in changelog.iterdir():
+            match = _CHANGE.match(path.name) or _MANIFEST.match(path.name)
+            if match and int(match.group(1)) >= next_version:
+                path.unlink(missing_ok=True)
+                removed += 1
+    snapshots = root / "snapshots"
+    if snapshots.exists():
+        for folder in snapshots.iterdir():
+            for path in sorted(folder.iterdir(), key=lambda p: p.suffix != ".json"):
+                if int(path.name[:12]) >= next_version:
+                    path.unlink(missing_ok=True)  # marker first, then its tables
+                    removed += 1
+    if removed:
+        log.info("state: removed %d leftover files of uncommitted batches", removed)
+    return removed
+
+
+def clean(root: str | Path, version: int, retain: int) -> int:
+    """Delete state files no batch after ``version - retain`` can need (see the module docstring).
+
+    Returns the number of files deleted. Safe beside running tasks and catch-ups.
+    """
+    root = Path(root)
+    floor = version - retain - 1
+    latest: dict[int, int] = {}
+    removed = 0
+    snapshots = root / "snapshots"
+    if snapshots.exists():
+        for folder in snapshots.iterdir():
+            bucket = int(folder.name.split("=")[1])
+            markers = sorted(
+                int(m.group(1)) for p in folder.iterdir() if (m := _MANIFEST.match(p.name))
+            )
+            if not markers:
+                continue
+            latest[bucket] = markers[-1]
+            kept = [v for v in markers if v <= floor]
+            for old in kept[:-1]:
+                (folder / f"{old:012d}.json").unlink(missing_ok=True)
+                for table in _TABLES:
+                    (folder / f"{old:012d}-{table}.parquet").unlink(missing_ok=True)
+                removed += 1 + len(_TABLES)
+    changelog = root / "changelog"
+    if not changelog.exists():
+        return removed
+    for path in sorted(changelog.iterdir()):
+        match = _MANIFEST.match(path.name)
+        if not match or int(match.group(1)) > floor:
+            continue
+        v = int(match.group(1))
+        files: dict[str, list[int]] = json.loads(path.read_text())["files"]
+        if all(latest.get(b, -1) >= v for names in files.values() for b in names):
+            for name in files:
+                for table in _TABLES:
+                    (changelog / f"{v:012d}-{name}-{table}.parquet").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            removed += 1 + len(files) * len(_TABLES)
+    return removed

@@ -29,12 +29,17 @@ __all__ = [
     "FACT_SPARK_SCHEMA",
     "CUSTOMER_KEY",
     "PRODUCT_KEY",
+    "CATEGORY_KEY",
+    "STATE_COLUMNS",
     "ProfileState",
     "StateDelta",
     "empty_facts",
     "facts_frame",
     "fold",
     "apply_delta",
+    "drop_entities",
+    "stamp_delta",
+    "state_table",
     "customer_profiles",
     "product_profiles",
     "TOP_CATEGORIES",
@@ -84,6 +89,8 @@ _CUSTOMER_STATE = {
     "last_order_time": "Int64",
     "last_event_time": "int64",
     "product_views": "int64",
+    # processing time (ms) of the micro-batch that last touched the entity: idle expiry only
+    "touched_ms": "Int64",
 }
 _CATEGORY_STATE = {"spend_minor": "int64"}
 _PRODUCT_STATE = {
@@ -102,12 +109,54 @@ _PRODUCT_STATE = {
     "description": "object",
     "price_minor": "Int64",
     "category": "object",
+    "touched_ms": "Int64",
+}
+
+#: State columns per table (besides the key columns), as stored.
+STATE_COLUMNS: dict[str, dict[str, str]] = {
+    "customers": _CUSTOMER_STATE,
+    "categories": _CATEGORY_STATE,
+    "products": _PRODUCT_STATE,
 }
 
 
+_EMPTY: dict[tuple[str, ...], pd.DataFrame] = {}
+
+
 def _empty(key: list[str], columns: dict[str, str]) -> pd.DataFrame:
-    index = pd.MultiIndex.from_arrays([pd.Series([], dtype="object") for _ in key], names=key)
-    return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in columns.items()}, index=index)
+    spec = (*key, "|", *columns)
+    template = _EMPTY.get(spec)
+    if template is None:
+        index = pd.MultiIndex.from_arrays([pd.Series([], dtype="object") for _ in key], names=key)
+        template = _EMPTY[spec] = pd.DataFrame(
+            {c: pd.Series([], dtype=t) for c, t in columns.items()}, index=index
+        )
+    return template.copy()
+
+
+def state_table(table: str, columns: dict[str, list[object]]) -> pd.DataFrame:
+    """One state table (indexed by its key) from plain column lists (None for nulls), typed.
+
+    The fast way in from a database cursor: no per-row work beyond building the arrays.
+    """
+    key, types = _KEY_OF[table], STATE_COLUMNS[table]
+    if not columns or not len(next(iter(columns.values()))):
+        return _empty(key, types)
+    data: dict[str, object] = {}
+    for column, dtype in types.items():
+        values = columns.get(column)
+        if values is None:
+            values = [None] * len(columns[key[0]])
+        if dtype == "object":
+            data[column] = pd.Series(values, dtype=object)
+        elif dtype == "Int64":
+            data[column] = pd.array(values, dtype="Int64")
+        else:
+            data[column] = np.asarray(values, dtype=dtype)
+    index = pd.MultiIndex.from_arrays([pd.Index(columns[k], dtype=object) for k in key], names=key)
+    frame = pd.DataFrame(data)
+    frame.index = index
+    return frame
 
 
 def empty_facts() -> pd.DataFrame:
@@ -179,6 +228,8 @@ class StateDelta:
         return cls(state.customers, state.categories, state.products)
 
 
+_KEY_OF = {"customers": CUSTOMER_KEY, "categories": CATEGORY_KEY, "products": PRODUCT_KEY}
+
 _TABLE_SPECS = (
     ("customers", CUSTOMER_KEY, _CUSTOMER_STATE),
     ("categories", CATEGORY_KEY, _CATEGORY_STATE),
@@ -212,6 +263,42 @@ def apply_delta(state: ProfileState, delta: StateDelta) -> ProfileState:
         categories=_upsert(state.categories, delta.categories),
         products=_upsert(state.products, delta.products),
     )
+
+
+def drop_entities(state: ProfileState, gone: dict[str, pd.DataFrame]) -> ProfileState:
+    """``state`` without the entities in ``gone`` ("customers"/"products" frames with key columns).
+
+    A dropped customer's category rows go too. Used for idle expiry: an expired entity that has
+    an event in the same batch starts afresh.
+    """
+    if not gone:
+        return state
+    out = ProfileState(state.customers, state.categories, state.products)
+    for table, key in (("customers", CUSTOMER_KEY), ("products", PRODUCT_KEY)):
+        keys = gone.get(table)
+        if keys is None or keys.empty:
+            continue
+        index = pd.MultiIndex.from_frame(keys[key])
+        setattr(out, table, getattr(out, table)[~getattr(out, table).index.isin(index)])
+        if table == "customers" and len(out.categories):
+            owners = out.categories.index.droplevel("category")
+            out.categories = out.categories[~owners.isin(index)]
+    return out
+
+
+def stamp_delta(delta: StateDelta, buckets: int, touched_ms: int) -> StateDelta:
+    """``delta`` with each row's state ``bucket`` (a first column) and ``touched_ms`` set."""
+    from storeml.models.events import buckets_of
+
+    parts = {}
+    for table in ProfileState.TABLES:
+        frame = getattr(delta, table).copy()
+        stores = frame.index.get_level_values("store_id")
+        frame.insert(0, "bucket", buckets_of(stores, buckets).astype("int32"))
+        if "touched_ms" in frame:
+            frame["touched_ms"] = pd.array([touched_ms] * len(frame), dtype="Int64")
+        parts[table] = frame
+    return StateDelta(parts["customers"], parts["categories"], parts["products"])
 
 
 def _sum(prev: pd.Series, new: pd.Series) -> pd.Series:

@@ -119,6 +119,25 @@ class Settings(BaseSettings):
     # --- Spark / the stream ------------------------------------------------------------------
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
+    spark_driver_host: str = Field(
+        default="127.0.0.1",
+        description="Address executors use to reach the driver (spark.driver.host); on a cluster,"
+        " the driver machine's name or address.",
+    )
+    spark_driver_bind_address: str = Field(
+        default="127.0.0.1",
+        description="Address the driver listens on (spark.driver.bindAddress); 0.0.0.0 on a cluster.",
+    )
+    spark_shuffle_partitions: int = Field(
+        default=0,
+        ge=0,
+        description="spark.sql.shuffle.partitions: enrich tasks per micro-batch and tasks of the"
+        " recompute; 0 = the cores of a local[N] master (2 otherwise).",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra Spark properties (e.g. {"spark.executor.memory": "4g"}); they win.',
+    )
     checkpoint_dir: Path | None = Field(
         default=None,
         description="Spark checkpoint of the enrichment stream; default <home>/checkpoints/enrich.",
@@ -159,20 +178,53 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Micro-batch interval; 0 = back to back."
     )
     state_buckets: int = Field(
-        default=2,
+        default=64,
         ge=1,
-        description="Hash buckets of the profile state, fixed for the life of a checkpoint: one"
-        " pandas fold per bucket and micro-batch, spread over the shuffle partitions. Match the"
-        " cores (local[2]: 2); more buckets only add per-call overhead.",
+        le=4096,
+        description="Virtual buckets of the profile state (a hash of the store id), fixed for the"
+        " life of a checkpoint. A micro-batch runs as many enrich tasks as the session has shuffle"
+        " partitions, each holding every bucket b with b % tasks == its index, so the same"
+        " checkpoint runs with 2 tasks or 64; more buckets than the largest task count you will"
+        " run is all it needs.",
     )
     state_snapshot_every: int = Field(
-        default=20, ge=1, description="Write a full state snapshot every N micro-batches."
+        default=20,
+        ge=1,
+        description="Each state bucket that changed is snapshotted once every N micro-batches"
+        " (staggered by bucket, so a batch writes about buckets/N of them).",
     )
     state_retain_batches: int = Field(
-        default=50, ge=2, description="Micro-batches of state history kept for recovery."
+        default=50,
+        ge=2,
+        description="Micro-batches of state changelog kept behind the latest snapshot; a worker"
+        " whose copy is at most this far behind catches up from the changelog, one further behind"
+        " reloads the bucket from its snapshot.",
+    )
+    state_cache_dir: Path | None = Field(
+        default=None,
+        description="Local folder of the host's working copy of the state (SQLite, shared by the"
+        " host's Python workers; rebuilt from the checkpoint when lost); default <home>/state-cache."
+        " Must be on each executor's local disk, not a shared folder.",
+    )
+    state_cache_mb: int = Field(
+        default=64,
+        ge=1,
+        description="SQLite page cache per connection to the state copy, in MiB: the memory the"
+        " state costs a worker, whatever the number of entities.",
+    )
+    state_ttl_hours: float = Field(
+        default=0.0,
+        ge=0,
+        description="Drop an entity from the profile state when no micro-batch touched it for this"
+        " many hours (processing time, Spark's batch timestamp); 0 = never. A later event starts"
+        " the entity afresh. Its profile stays in Redis unless state_expire_redis.",
+    )
+    state_expire_redis: bool = Field(
+        default=False,
+        description="Also delete an expired entity's profile from Redis.",
     )
 
-    @field_validator("home", "checkpoint_dir", "lake_dir", mode="after")
+    @field_validator("home", "checkpoint_dir", "lake_dir", "state_cache_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
@@ -204,6 +256,24 @@ class Settings(BaseSettings):
             self.topic_product_profiles,
             self.topic_dead_letter,
         ]
+
+    @property
+    def state_cache_path(self) -> Path:
+        return self.state_cache_dir or self.home / "state-cache"
+
+    @property
+    def shuffle_partitions(self) -> int:
+        """spark_shuffle_partitions, or the cores of a ``local[N]``/``local[*]`` master."""
+        if self.spark_shuffle_partitions:
+            return self.spark_shuffle_partitions
+        master = self.spark_master.strip()
+        if master.startswith("local["):
+            inner = master[6:].split(",")[0].rstrip("]")
+            if inner == "*":
+                return os.cpu_count() or 2
+            if inner.isdigit():
+                return max(1, int(inner))
+        return 2
 
     @property
     def checkpoint_path(self) -> Path:

@@ -26,7 +26,8 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -64,7 +65,7 @@ METRICS_SCHEMA = (
     " redis_written long, redis_skipped long, "
     + ", ".join(f"{name} double" for name in TASK_STAGES)
     + ", models string, pid long, cache string, stores string,"
-    " events long, dead_letters long, decode_s double"
+    " events long, dead_letters long, decode_s double, state string"
 )
 _COUNTS = ("facts", "customers", "products", "redis_written", "redis_skipped")
 
@@ -100,12 +101,19 @@ class JobContext:
     transactional_prefix: str | None
     lake_root: str | None = None
     lake_compact_seconds: float = 60.0
+    state_id: str = ""
+    state_cache_dir: str = ""
+    state_cache_mb: int = 64
+    state_ttl_ms: int = 0
+    state_expire_redis: bool = False
     until_ms: int | None = None
     profiles_dir: str | None = None
     publish: bool = True
 
 
-def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext:
+def job_context(
+    settings: Settings, checkpoint: str | None = None, state_id: str = ""
+) -> JobContext:
     root = checkpoint or str(settings.checkpoint_path)
     return JobContext(
         kafka=settings.kafka_config(),
@@ -132,6 +140,11 @@ def job_context(settings: Settings, checkpoint: str | None = None) -> JobContext
         ),
         lake_root=str(settings.lake_path) if settings.lake_path else None,
         lake_compact_seconds=settings.lake_compact_seconds,
+        state_id=state_id,
+        state_cache_dir=str(settings.state_cache_path),
+        state_cache_mb=settings.state_cache_mb,
+        state_ttl_ms=int(settings.state_ttl_hours * 3_600_000),
+        state_expire_redis=settings.state_expire_redis,
     )
 
 
@@ -373,16 +386,22 @@ def _model_label(model: dict[str, Any]) -> str:
 
 
 def enrich_task(
-    ctx: JobContext, batch_id: int | None, handles: dict[str, Any], shadows: dict[str, Any]
+    ctx: JobContext,
+    batch_id: int | None,
+    handles: dict[str, Any],
+    shadows: dict[str, Any],
+    partitions: int = 1,
+    batch_ts_ms: int = 0,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Per-task function (run by :func:`enrich_facts`): facts -> state, scores, sinks; metrics.
 
-    A task holds one or more whole state buckets. Each bucket's state is loaded, folded and
-    committed on its own; the lake, the scoring, the encoding and the sinks then run once for the
-    task (their fixed costs per call dominate small micro-batches). ``batch_id`` None folds the
-    facts into an empty state and keeps no state (the recompute, which sees an entity's whole
-    history at once); otherwise the state of ``batch_id - 1`` is loaded and the result committed
-    as ``batch_id``.
+    The task is number ``bucket % partitions`` of ``partitions`` and holds the state buckets
+    :func:`~storeml.connectors.state_store.task_buckets` names. It reads the state rows of the
+    entities its facts touch (as of batch ``batch_id - 1``), folds all its facts in one call,
+    commits the new rows as batch ``batch_id``, and runs the lake, the scoring, the encoding and
+    the sinks once (their fixed costs per call dominate small micro-batches). ``batch_ts_ms`` is
+    Spark's timestamp of the batch (idle expiry). ``batch_id`` None folds the facts into an empty
+    state and keeps none (a caller that sees each entity's whole history at once).
     """
 
     def run(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -390,16 +409,7 @@ def enrich_task(
         from storeml.connectors.kafka_sink import KafkaRecordSink
         from storeml.connectors.profile_files import write_profiles
         from storeml.connectors.redis_sink import RedisProfileSink
-        from storeml.connectors.state_store import ProfileStateStore
-        from storeml.models.profiles import (
-            ProfileState,
-            apply_delta,
-            customer_profiles,
-            facts_frame,
-            fold,
-            product_profiles,
-            to_records,
-        )
+        from storeml.models.profiles import facts_frame, to_records
         from storeml.models.serving import Scorer, score_kind
         from storeml.models.store_models import get_model_cache
 
@@ -429,35 +439,20 @@ def enrich_task(
                 ].rename(columns={"raw_key": "key", "raw_value": "value"})
             )
             lap("lake_s")
-        committed = []
-        customer_parts, product_parts = [], []
-        fact_count = 0
-        for bucket, group in pdf.groupby("bucket", sort=True):
-            store = (
-                ProfileStateStore(ctx.state_root, int(bucket), ctx.snapshot_every, ctx.retain)
-                if batch_id is not None
-                else None
-            )
-            state = (
-                store.load(batch_id - 1)
-                if store is not None and batch_id is not None
-                else ProfileState()
-            )
-            facts = facts_frame(group)
-            fact_count += len(facts)
-            lap("state_s")
-            delta = fold(state, facts)
-            after = apply_delta(state, delta)
-            customer_parts.append(customer_profiles(after, delta, facts))
-            product_parts.append(product_profiles(after, delta, facts))
-            lap("fold_s")
-            if store is not None and batch_id is not None:
-                # written while we score and write the sinks
-                committed.append(store.commit(batch_id, delta, after))
-            lap("state_s")
-        customers = _concat(customer_parts)
-        products = _concat(product_parts)
-
+        facts = facts_frame(pdf)
+        fact_count = len(facts)
+        store = _state_store(ctx) if batch_id is not None else None
+        step = fold_step(
+            store,
+            facts,
+            batch_id,
+            partitions,
+            ctx.state_buckets,
+            batch_ts_ms,
+            ctx.state_ttl_ms,
+            lap,
+        )
+        customers, products, expired = step.customers, step.products, step.expired
         cache = get_model_cache(ctx.model_cache_size)
 
         def scorer(handle: Any) -> Scorer:
@@ -510,8 +505,20 @@ def enrich_task(
             cw, cs = redis_sink.write("customer", customer_records, "customer_id")
             pw, ps = redis_sink.write("product", product_records, "product_id")
             lap("redis_s")
-        for future in committed:
-            future.result()  # the state is durable before Spark commits the batch
+        if ctx.publish and ctx.state_expire_redis and expired:
+            for kind, table, id_field in (
+                ("customer", "customers", "customer_id"),
+                ("product", "products", "product_id"),
+            ):
+                gone = expired.get(table)
+                if gone is not None and len(gone):
+                    redis_sink.delete(
+                        kind,
+                        zip(gone["store_id"], gone[id_field], gone["profile_version"], strict=True),
+                    )
+            lap("redis_s")
+        if step.committed is not None:
+            step.committed.result()  # the state is durable before Spark commits the batch
         lap("state_s")
 
         versions = model_versions(handles, shadows)
@@ -533,11 +540,104 @@ def enrich_task(
                     "events": 0,
                     "dead_letters": 0,
                     "decode_s": 0.0,
+                    "state": json.dumps(step.state_info),
                 }
             ]
         )
 
     return run
+
+
+@dataclass
+class FoldStep:
+    """What :func:`fold_step` did: profiles to score, and the state commit to wait for."""
+
+    customers: pd.DataFrame
+    products: pd.DataFrame
+    expired: dict[str, pd.DataFrame]
+    committed: Future[None] | None
+    state_info: dict[str, Any]
+
+
+def fold_step(
+    store: Any,
+    facts: pd.DataFrame,
+    batch_id: int | None,
+    partitions: int,
+    buckets: int,
+    batch_ts_ms: int,
+    ttl_ms: int,
+    lap: Callable[[str], None] = lambda name: None,
+) -> FoldStep:
+    """One task's state step: read the touched entities, expire, fold, commit; render profiles.
+
+    ``store`` (a :class:`~storeml.connectors.state_store.StateStore`) None, or ``batch_id`` None,
+    folds into an empty state and keeps none. ``lap`` is called with "state_s" and "fold_s" as
+    each stage ends (timings).
+    """
+    from storeml.connectors.state_store import task_buckets
+    from storeml.models.profiles import (
+        ProfileState,
+        apply_delta,
+        customer_profiles,
+        drop_entities,
+        fold,
+        product_profiles,
+        stamp_delta,
+    )
+
+    expired: dict[str, pd.DataFrame] = {}
+    partition = int(facts["bucket"].iloc[0]) % partitions if len(facts) else 0
+    mine = task_buckets(partition, partitions, buckets)
+    if store is None or batch_id is None:
+        state = ProfileState()
+    else:
+        store.prepare(mine, batch_id - 1)
+        if ttl_ms:
+            expired = store.idle(mine, batch_ts_ms - ttl_ms)
+        state = drop_entities(store.read(facts), expired)
+    lap("state_s")
+    delta = fold(state, facts)
+    after = apply_delta(state, delta)
+    customers = customer_profiles(after, delta, facts)
+    products = product_profiles(after, delta, facts)
+    lap("fold_s")
+    if store is None or batch_id is None:
+        return FoldStep(customers, products, expired, None, {})
+    # the changelog is written while the caller scores and writes the sinks
+    committed, changed = store.commit(
+        batch_id, partition, partitions, mine, stamp_delta(delta, buckets, batch_ts_ms), expired
+    )
+    store.snapshot_due(mine, batch_id)
+    stats = store.stats
+    info = {
+        "file": f"{partition}of{partitions}",
+        "changed": changed,
+        "keys_read": stats.keys_read,
+        "rows_read": stats.rows_read,
+        "rows_written": stats.rows_written,
+        "expired": stats.rows_expired,
+        "catch_ups": stats.catch_ups,
+        "rebuilds": stats.rebuilds,
+        "snapshots": stats.snapshots,
+    }
+    lap("state_s")
+    return FoldStep(customers, products, expired, committed, info)
+
+
+def _state_store(ctx: JobContext) -> Any:
+    from storeml.connectors.state_store import StateStore
+
+    return StateStore(
+        ctx.state_root,
+        ctx.state_id,
+        ctx.state_buckets,
+        ctx.state_cache_dir,
+        snapshot_every=ctx.snapshot_every,
+        retain=ctx.retain,
+        cache_mb=ctx.state_cache_mb,
+        expiry=bool(ctx.state_ttl_ms),
+    )
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -557,6 +657,7 @@ def _decode_metrics(stats: pd.DataFrame) -> pd.DataFrame:
         events=int(stats["decode_events"].sum()),
         dead_letters=int(stats["decode_dead_letters"].sum()),
         decode_s=float(stats["decode_s"].sum()),
+        state="",
     )
     return pd.DataFrame([row])
 
@@ -688,6 +789,7 @@ class BatchReport:
     models: dict[str, str]
     model_cache: dict[str, float]
     tasks: int = 0  # Spark tasks per stage (read, enrich): 1 for a small batch
+    state: dict[str, int] = field(default_factory=dict)  # state reads/writes, summed over tasks
 
 
 class EnrichBatch:
@@ -702,6 +804,8 @@ class EnrichBatch:
         self._labels: dict[int, dict[int, int]] = {}  # per enrich partition count
         self._compactor: subprocess.Popen[str] | None = None
         self._compacted_at = time.monotonic()
+        self._started = False
+        self._cleaner: Future[int] | None = None
 
     def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
         """Current targets of ``alias`` (default: the served one) per kind (driver side; a few ms).
@@ -717,6 +821,30 @@ class EnrichBatch:
             kind: resolve_alias(ctx.tracking_uri, ctx.registry_uri, name, alias) if alias else None
             for kind, name in models.items()
         }
+
+    def _commit_state(self, batch_id: int, metrics: list[Any]) -> dict[str, int]:
+        """Write the batch's state manifest (its commit), start a due cleaning; sum the counters."""
+        from storeml.connectors.state_store import clean, write_manifest
+
+        files: dict[str, list[int]] = {}
+        totals: dict[str, int] = {}
+        for row in metrics:
+            if not row.state:
+                continue
+            info = json.loads(row.state)
+            files[info.pop("file")] = info.pop("changed")
+            for name, value in info.items():
+                totals[name] = totals.get(name, 0) + int(value)
+        write_manifest(self.ctx.state_root, batch_id, files)
+        if batch_id % self.ctx.snapshot_every == 0 and (
+            self._cleaner is None or self._cleaner.done()
+        ):
+            if self._cleaner is not None and self._cleaner.exception() is not None:
+                log.error("state cleaning failed: %s", self._cleaner.exception())
+            self._cleaner = _driver_pool.submit(
+                clean, self.ctx.state_root, batch_id, self.ctx.retain
+            )
+        return totals
 
     def _maybe_compact(self) -> None:
         """Start a lake compaction (a low-priority child process) when one is due and none runs.
@@ -751,7 +879,12 @@ class EnrichBatch:
 
     def __call__(self, facts: Any, batch_id: int) -> None:
         """Enrich one micro-batch of the ``storeml_events`` source (already decoded facts)."""
+        from storeml.connectors.state_store import prepare_checkpoint
+
         started = time.perf_counter()
+        if not self._started:  # files of an attempt that never committed go first
+            prepare_checkpoint(self.ctx.state_root, batch_id)
+            self._started = True
         handles = self.resolve_models()
         shadows = self.resolve_models(self.ctx.shadow_alias)
         resolve_s = time.perf_counter() - started
@@ -762,12 +895,20 @@ class EnrichBatch:
             self._labels[partitions] = partition_labels(spark, self.ctx.state_buckets, partitions)
         job = enrich_facts(
             facts,
-            enrich_task(self.ctx, batch_id, handles, shadows),
+            enrich_task(
+                self.ctx,
+                batch_id,
+                handles,
+                shadows,
+                partitions,
+                batch_timestamp_ms(self.ctx.state_root, batch_id),
+            ),
             self._labels[partitions],
             partitions,
         )
         plan_s = time.perf_counter() - started - resolve_s
         metrics = job.collect()
+        state = self._commit_state(batch_id, metrics)
         totals = batch_totals(metrics)
         report = BatchReport(
             batch_id=batch_id,
@@ -783,6 +924,7 @@ class EnrichBatch:
             models=model_versions(handles, shadows),
             model_cache=_cache_totals(metrics),
             tasks=partitions,
+            state=state,
         )
         self.reports.append(report)
         self._maybe_compact()
@@ -801,6 +943,26 @@ class EnrichBatch:
         )
         if self.on_batch is not None:
             self.on_batch(report)
+
+
+_driver_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storeml-state-clean")
+
+
+def batch_timestamp_ms(state_root: str, batch_id: int) -> int:
+    """Spark's timestamp of micro-batch ``batch_id``, from its offset log entry.
+
+    The write-ahead log records it before the batch runs, so a replayed batch gets the same
+    timestamp (idle expiry then drops the same entities). The checkpoint is the state root's
+    parent; without an entry (tests calling the batch function directly) the clock is used.
+    """
+    from pathlib import Path
+
+    path = Path(state_root).parent / "offsets" / str(batch_id)
+    try:
+        lines = path.read_text().splitlines()
+        return int(json.loads(lines[1])["batchTimestampMs"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return int(time.time() * 1000)
 
 
 def source_options(settings: Settings, tasks: int | None = None) -> dict[str, str]:
@@ -838,8 +1000,8 @@ def start_enrichment(
     from storeml.streams.event_source import EVENT_SOURCE_NAME, EventSource, context_option
 
     checkpoint = settings.checkpoint_path
-    _check_checkpoint(checkpoint, settings)
-    ctx = job_context(settings, str(checkpoint))
+    state_id = _check_checkpoint(checkpoint, settings)
+    ctx = job_context(settings, str(checkpoint), state_id)
     spark.dataSource.register(EventSource)
     tasks = settings.source_tasks or shuffle_partitions(spark)
     reader = (
@@ -861,14 +1023,24 @@ def start_enrichment(
     return writer.start(), handler
 
 
-def _check_checkpoint(checkpoint: Any, settings: Settings) -> None:
-    """Refuse to reuse a checkpoint with a different state layout (it would scramble state)."""
+def _check_checkpoint(checkpoint: Any, settings: Settings) -> str:
+    """Refuse to reuse a checkpoint with another state layout; returns the checkpoint's state id.
+
+    The id (made when the checkpoint is) names the hosts' working copies of the state, so a new
+    checkpoint at the same path never picks up an old copy.
+    """
+    import uuid
     from pathlib import Path
 
     from storeml.errors import ConfigError
 
     meta_path = Path(checkpoint) / "storeml.json"
-    meta = {"state_buckets": settings.state_buckets}
+    if (Path(checkpoint) / "profile-state" / "bucket=00000").exists():
+        raise ConfigError(
+            f"{checkpoint}: the checkpoint holds profile state in the layout of storeml before"
+            " entity-keyed state; start from a new STOREML_CHECKPOINT_DIR (run `storeml recompute`"
+            " to rebuild the profiles from the event lake)"
+        )
     if meta_path.exists():
         stored = json.loads(meta_path.read_text())
         if stored.get("state_buckets") != settings.state_buckets:
@@ -877,9 +1049,14 @@ def _check_checkpoint(checkpoint: Any, settings: Settings) -> None:
                 f"{stored.get('state_buckets')}, settings say {settings.state_buckets}; keep"
                 " STOREML_STATE_BUCKETS as it was or start from a new STOREML_CHECKPOINT_DIR"
             )
+        if "state_id" in stored:
+            return str(stored["state_id"])
+        meta = {**stored, "state_id": uuid.uuid4().hex}
     else:
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta))
+        meta = {"state_buckets": settings.state_buckets, "state_id": uuid.uuid4().hex}
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta))
+    return str(meta["state_id"])
 
 
 def report_dict(report: BatchReport) -> dict[str, Any]:

@@ -40,8 +40,8 @@ def spark_conf(settings: Settings, app_name: str = "storeml", **conf: Any) -> di
         "spark.master": settings.spark_master,
         "spark.app.name": app_name,
         "spark.driver.memory": settings.spark_driver_memory,
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": settings.spark_driver_host,
+        "spark.driver.bindAddress": settings.spark_driver_bind_address,
         "spark.driver.extraJavaOptions": java_opts,
         "spark.executor.extraJavaOptions": java_opts,
         "spark.sql.warehouse.dir": (root / "warehouse").as_uri(),
@@ -49,13 +49,14 @@ def spark_conf(settings: Settings, app_name: str = "storeml", **conf: Any) -> di
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.python.worker.reuse": "true",
-        "spark.sql.shuffle.partitions": "2",
-        "spark.default.parallelism": "2",
+        "spark.sql.shuffle.partitions": settings.shuffle_partitions,
+        "spark.default.parallelism": settings.shuffle_partitions,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        **settings.spark_conf,
     }
     base.update(conf)
     return {key: _as_conf_value(value) for key, value in base.items()}
@@ -81,9 +82,10 @@ def get_spark(settings: Settings, app_name: str = "storeml", **conf: Any) -> Spa
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     # Scratch space via the environment: setting spark.local.dir makes Spark warn on every start.
     os.environ.setdefault("SPARK_LOCAL_DIRS", str(settings.home / "spark" / "local"))
-    # The driver binds to loopback anyway; this also silences the "hostname resolves to a
-    # loopback address" warning.
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # A driver bound to loopback (the local default): also silences the "hostname resolves to a
+    # loopback address" warning. On a cluster the bind address comes from the settings alone.
+    if settings.spark_driver_bind_address.startswith("127."):
+        os.environ.setdefault("SPARK_LOCAL_IP", settings.spark_driver_bind_address)
 
     from pyspark.sql import SparkSession
 

@@ -7,12 +7,6 @@ from typing import Any
 
 import pytest
 
-from storeml.connectors.state_store import (
-    ProfileStateStore,
-    cache_stats,
-    clear_cache,
-    wait_for_snapshots,
-)
 from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.models.events import (
     ORDER,
@@ -149,49 +143,3 @@ def test_validation_names_the_problem() -> None:
         {"store_id": "s", "product_id": "p", "event_time": 1, "kind": "created", "price_minor": -1}
     )
     assert bucket_of("store-1", 8) == bucket_of("store-1", 8) < 8
-
-
-def test_state_store_versions_snapshots_and_recovery(tmp_path) -> None:
-    events = synthetic_events(events=2_000)
-    chunks = [events[i : i + 100] for i in range(0, len(events), 100)]
-    store = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6)
-    state = ProfileState()
-    states = []
-    for version, chunk in enumerate(chunks):
-        assert len(store.load(version - 1)) == len(state)
-        facts = facts_from_events(chunk)
-        delta = fold(state, facts)
-        state = apply_delta(state, delta)
-        store.commit(version, delta, state).result()
-        states.append(state)
-    wait_for_snapshots()
-    # a fresh process (no cache) restores the latest version from snapshot + deltas
-    clear_cache()
-    restored = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6).load(
-        len(chunks) - 1
-    )
-    final = states[-1]
-    for table in ProfileState.TABLES:
-        a = getattr(restored, table).sort_index()
-        b = getattr(final, table).sort_index()
-        assert a.index.equals(b.index), table
-        assert a.astype(str).equals(b.astype(str)), table
-    # an older version inside the retention window is still loadable (a replayed batch reads it)
-    clear_cache()
-    older = ProfileStateStore(tmp_path, bucket=0, snapshot_every=4, retain=6).load(len(chunks) - 3)
-    assert len(older) == len(states[-3])
-    # old files were cleaned behind a snapshot
-    versions = {int(p.name[:12]) for p in (tmp_path / "bucket=00000").iterdir()}
-    assert min(versions) > 0
-    # a worker that last served an older version catches up from its cache with the deltas it
-    # missed, across newer snapshots, and lands on the same state as a full load
-    latest = len(chunks) - 1
-    clear_cache()
-    store.load(latest - 5)
-    catch_ups = cache_stats().catch_ups
-    caught_up = store.load(latest)
-    assert cache_stats().catch_ups == catch_ups + 1
-    for table in ProfileState.TABLES:
-        a = getattr(caught_up, table).sort_index()
-        b = getattr(final, table).sort_index()
-        assert a.index.equals(b.index) and a.astype(str).equals(b.astype(str)), table
