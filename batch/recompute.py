@@ -2,11 +2,13 @@
 
 Wiring only; every step is the stream's (``streams/enrich.py``)::
 
-    history ──decode_batches──▶ facts ──by bucket: enrich_facts(enrich_task)──▶ sinks
+    history ──decode_batches──▶ facts ──by bucket: enrich_facts(recompute_task, chunked)──▶ sinks
     (event lake, or the input topics from their start)
 
 The difference is the state: the stream folds each micro-batch into the state of the previous
-one, the recompute folds an entity's whole history into an empty state at once. The fold is made of
+one; the recompute folds each task's history, in chunks of ``task_chunk_rows`` facts, into a
+task-local state (``batch/recompute_task.py``), so its memory does not grow with the history. It
+runs one task per shuffle partition (``STOREML_SPARK_SHUFFLE_PARTITIONS``). The fold is made of
 commutative integer aggregates, so both land on the same profile, field for field; only ``source``
 differs (the recompute's record lists every offset range it folded). Scores come from the models the
 aliases name when the recompute starts (champion served, challenger in shadow).
@@ -56,6 +58,8 @@ class RecomputeSummary:
     stores: dict[str, list[int]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
+    tasks: int = 0  # tasks that folded history
+    max_chunk_rows: int = 0  # the most fact rows one task held at once
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +176,7 @@ def recompute(
     """
     from pyspark.sql import functions as F
 
+    from storeml.batch.recompute_task import recompute_task
     from storeml.streams.enrich import (
         DECODE_STATS,
         EnrichBatch,
@@ -179,7 +184,6 @@ def recompute(
         decode_batches,
         decode_schema,
         enrich_facts,
-        enrich_task,
         job_context,
         model_versions,
         partition_labels,
@@ -214,14 +218,23 @@ def recompute(
     facts = raw.mapInPandas(decode_batches(ctx), decode_schema(ctx))
     if store_list is not None:  # the decode tasks' count rows have no store
         facts = facts.where((F.col("kind") == DECODE_STATS) | F.col("store_id").isin(store_list))
-    labels = partition_labels(spark, ctx.state_buckets, shuffle_partitions(spark))
-    job = enrich_facts(facts, enrich_task(ctx, None, handles, shadows), labels)
+    partitions = shuffle_partitions(spark)
+    labels = partition_labels(spark, ctx.state_buckets, partitions)
+    task = recompute_task(ctx, handles, shadows, partitions, settings.task_chunk_rows)
+    job = enrich_facts(facts, task, labels, partitions, chunked=True)
     context.setJobDescription(f"storeml recompute from {source}")
-    if progress:
-        with ProgressBar(spark, f"recompute from {source}"):
+    batch_rows = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(batch_rows)
+    spark.conf.set(batch_rows, str(settings.task_chunk_rows))
+    try:
+        if progress:
+            with ProgressBar(spark, f"recompute from {source}"):
+                metrics = job.collect()
+        else:
             metrics = job.collect()
-    else:
-        metrics = job.collect()
+    finally:
+        spark.conf.set(batch_rows, previous)
+    chunking = [json.loads(row.state) for row in metrics if row.state]
     per_store: dict[str, list[int]] = {}
     for row in metrics:
         for store, counts in json.loads(row.stores).items():
@@ -240,7 +253,9 @@ def recompute(
         seconds=time.perf_counter() - started,
         stores=per_store,
         models=model_versions(handles, shadows),
-        stages={k: v for k, v in totals["stages"].items() if k not in ("state_s", "lake_s")},
+        stages={k: v for k, v in totals["stages"].items() if k != "lake_s"},
+        tasks=len(chunking),
+        max_chunk_rows=max((c["max_chunk_rows"] for c in chunking), default=0),
     )
     if on_summary is not None:
         on_summary(summary)

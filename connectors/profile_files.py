@@ -1,9 +1,10 @@
 """Profiles as Parquet files: the recompute's ``--output`` (e.g. profiles ``--as-of`` a time).
 
-Layout: ``<root>/customer/bucket=<n>.parquet`` and ``<root>/product/bucket=<n>.parquet``, one file
-per state bucket with the columns of the ``customer_profile`` / ``product_profile`` Avro schemas
-(nested fields as structs and lists). A bucket's file is written under a temporary name and renamed,
-so a retried task replaces it whole.
+Layout: ``<root>/customer/bucket=<part>.parquet`` and ``<root>/product/bucket=<part>.parquet``, one
+file per task part (its first state bucket, and a chunk number when a task writes in chunks) with
+the columns of the ``customer_profile`` / ``product_profile`` Avro schemas (nested fields as structs
+and lists). A part's file is written under a temporary name and renamed, so a retried task replaces
+it whole.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ KINDS = {"customer": "customer_profile", "product": "product_profile"}
 
 def write_profiles(
     root: str,
-    bucket: int,
+    part: int | str,
     customers: Sequence[dict[str, Any]],
     products: Sequence[dict[str, Any]],
 ) -> None:
-    """Write one bucket's profile records (as the stream publishes them) under ``root``."""
+    """Write one part's profile records (as the stream publishes them) under ``root``."""
     for kind, records in (("customer", customers), ("product", products)):
         folder = Path(root, kind)
-        target = folder / f"bucket={bucket}.parquet"
+        target = folder / f"bucket={part}.parquet"
         temporary = folder / f".{target.name}.{uuid.uuid4().hex}"
         try:
             folder.mkdir(parents=True, exist_ok=True)

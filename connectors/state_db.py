@@ -173,7 +173,7 @@ class StateDB:
             self.db.execute("DELETE FROM buckets WHERE bucket = ?", (int(bucket),))
 
     # --- rows ----------------------------------------------------------------------------------
-    def read(self, customers: pd.DataFrame, products: pd.DataFrame) -> ProfileState:
+    def read(self, customers: pd.DataFrame, products: pd.DataFrame | None = None) -> ProfileState:
         """State rows of the given entities (frames with ``bucket`` and the key columns).
 
         Returns a :class:`ProfileState` holding only those entities, with every category row of the
@@ -186,7 +186,7 @@ class StateDB:
         for table, keys in asks:
             key = _KEYS[table]
             self.db.execute(f"DELETE FROM want_{table}")
-            if keys.empty:
+            if keys is None or keys.empty:
                 continue
             self.db.executemany(
                 f"INSERT OR IGNORE INTO want_{table} VALUES (?, ?, ?)",
@@ -322,6 +322,44 @@ class StateDB:
             yield _flat_frame(table, rows, columns)
             if len(rows) < chunk_rows:
                 return
+
+    # --- offset ranges (a recompute's ``source`` field) ----------------------------------------
+    def add_sources(self, kind: str, ranges: pd.DataFrame) -> None:
+        """Widen each entity's (topic, partition) offset range by ``ranges`` (columns ``bucket``,
+        store_id, entity_id, topic, partition, min, max: :func:`~storeml.models.profiles.source_ranges`
+        with a bucket column). Runs inside the caller's transaction."""
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS sources (kind TEXT, bucket INTEGER, store_id TEXT,"
+            " entity_id TEXT, topic TEXT, partition INTEGER, lo INTEGER, hi INTEGER,"
+            " PRIMARY KEY (kind, bucket, store_id, entity_id, topic, partition)) WITHOUT ROWID"
+        )
+        if ranges.empty:
+            return
+        columns = [ranges[c].tolist() for c in ranges.columns]
+        self.db.executemany(
+            "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " lo = MIN(lo, excluded.lo), hi = MAX(hi, excluded.hi)",
+            ((kind, *row) for row in zip(*columns, strict=True)),
+        )
+
+    def sources_of(self, kind: str, keys: pd.DataFrame) -> pd.DataFrame:
+        """The ranges of the entities in ``keys`` (bucket, store_id, entity id columns)."""
+        table = "customers" if kind == "customer" else "products"
+        key = _KEYS[table]
+        self.db.execute(f"DELETE FROM want_{table}")
+        self.db.executemany(
+            f"INSERT OR IGNORE INTO want_{table} VALUES (?, ?, ?)",
+            zip(keys["bucket"].tolist(), keys[key[0]].tolist(), keys[key[1]].tolist(), strict=True),
+        )
+        rows = self.db.execute(
+            f"SELECT s.store_id, s.entity_id, s.topic, s.partition, s.lo, s.hi FROM want_{table} w"
+            f" JOIN sources s ON s.kind = ? AND s.bucket = w.bucket AND s.store_id = w.{key[0]}"
+            f" AND s.entity_id = w.{key[1]} ORDER BY 1, 2, 3, 4",
+            (kind,),
+        ).fetchall()
+        return pd.DataFrame.from_records(
+            rows, columns=[key[0], key[1], "topic", "partition", "min", "max"]
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -69,6 +69,7 @@ from storeml.models.profiles import (
     STATE_COLUMNS,
     ProfileState,
     StateDelta,
+    customer_facts,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "write_manifest",
     "wait_for_snapshots",
     "task_buckets",
+    "touched_keys",
 ]
 
 log = logging.getLogger("storeml.state")
@@ -288,12 +290,7 @@ class StateStore:
     # --- the batch ------------------------------------------------------------------------------
     def read(self, facts: pd.DataFrame) -> ProfileState:
         """State rows of every entity the facts touch (and each touched customer's categories)."""
-        customer_rows = facts[
-            facts["customer_id"].notna()
-            & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
-        ]
-        customers = customer_rows[["bucket", *CUSTOMER_KEY]].drop_duplicates()
-        products = facts[facts["product_id"].notna()][["bucket", *PRODUCT_KEY]].drop_duplicates()
+        customers, products = touched_keys(facts)
         db = self.db
         before = db.counters.rows_read
         with db.transaction(write=False):
@@ -387,6 +384,13 @@ class StateStore:
     def scan(self, table: str, buckets: list[int], chunk_rows: int) -> Iterable[pd.DataFrame]:
         """Every row of ``table`` in ``buckets`` of the working copy, ``chunk_rows`` at a time."""
         return self.db.scan(table, buckets, chunk_rows)
+
+
+def touched_keys(facts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``bucket`` + key of every customer and every product the facts touch."""
+    customers = customer_facts(facts)[["bucket", *CUSTOMER_KEY]].drop_duplicates()
+    products = facts[facts["product_id"].notna()][["bucket", *PRODUCT_KEY]].drop_duplicates()
+    return customers, products
 
 
 def _change_tables(delta: StateDelta, expired: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

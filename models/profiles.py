@@ -45,6 +45,9 @@ __all__ = [
     "TOP_CATEGORIES",
     "MS_PER_DAY",
     "to_records",
+    "customer_facts",
+    "source_ranges",
+    "ranges_by_entity",
 ]
 
 MS_PER_DAY = 86_400_000
@@ -479,11 +482,11 @@ def _source_ranges(
     """Per entity: the (topic, partition, first_offset, last_offset) ranges of its facts."""
     if facts.empty:
         return {}
-    ranges = (
-        facts.groupby([*key, "topic", "partition"], sort=True)["offset"]
-        .agg(["min", "max"])
-        .reset_index()
-    )
+    return ranges_by_entity(source_ranges(facts, key), key)
+
+
+def ranges_by_entity(ranges: pd.DataFrame, key: list[str]) -> Sources:
+    """:func:`source_ranges` rows (columns key, topic, partition, min, max) per entity, sorted."""
     out: dict[tuple[str, str], list[dict[str, object]]] = {}
     for store, entity, topic, partition, lo, hi in zip(
         ranges[key[0]].tolist(),
@@ -505,11 +508,37 @@ def _source_ranges(
     return out
 
 
-def customer_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame) -> pd.DataFrame:
+Sources = dict[tuple[str, str], list[dict[str, object]]]
+
+
+def customer_facts(facts: pd.DataFrame) -> pd.DataFrame:
+    """The facts that touch a customer profile: order lines and views by a known customer."""
+    return facts[
+        facts["customer_id"].notna()
+        & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
+    ]
+
+
+def source_ranges(facts: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Per entity and topic-partition, the lowest and highest offset of its facts (flat)."""
+    return (
+        facts.groupby([*key, "topic", "partition"], sort=True)["offset"]
+        .agg(["min", "max"])
+        .reset_index()
+    )
+
+
+def customer_profiles(
+    state: ProfileState,
+    delta: StateDelta,
+    facts: pd.DataFrame | None,
+    sources: Sources | None = None,
+) -> pd.DataFrame:
     """Profiles of the customers in ``delta`` (``state`` is the state *after* the delta).
 
     Columns: the CustomerProfile fields except the model outputs (``propensity``, ``model``),
-    one row per touched customer, sorted by key.
+    one row per touched customer, sorted by key. ``source`` lists the offset ranges of ``facts``
+    per customer, or comes from ``sources`` when given (a recompute that folded in chunks).
     """
     rows = delta.customers.sort_index()
     out = rows.reset_index()
@@ -547,22 +576,30 @@ def customer_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFram
             )
     keys = list(zip(out["store_id"].tolist(), out["customer_id"].tolist(), strict=True))
     out["top_categories"] = [tops.get(key, []) for key in keys]
-    customer_facts = facts[
-        facts["customer_id"].notna()
-        & ((facts["kind"] == "order_line") | (facts["event_kind"] == "viewed"))
-    ]
-    sources = _source_ranges(customer_facts, CUSTOMER_KEY)
+    if sources is None:
+        assert facts is not None
+        sources = _source_ranges(customer_facts(facts), CUSTOMER_KEY)
     out["source"] = [sources.get(key, []) for key in keys]
     return out
 
 
-def product_profiles(state: ProfileState, delta: StateDelta, facts: pd.DataFrame) -> pd.DataFrame:
-    """Profiles of the products in ``delta``: ProductProfile fields except the model outputs."""
+def product_profiles(
+    state: ProfileState,
+    delta: StateDelta,
+    facts: pd.DataFrame | None,
+    sources: Sources | None = None,
+) -> pd.DataFrame:
+    """Profiles of the products in ``delta``: ProductProfile fields except the model outputs.
+
+    ``source`` as in :func:`customer_profiles`.
+    """
     rows = delta.products.sort_index()
     out = rows.reset_index().drop(
         columns=["attr_time", "attr_topic", "attr_partition", "attr_offset"]
     )
-    sources = _source_ranges(facts[facts["product_id"].notna()], PRODUCT_KEY)
+    if sources is None:
+        assert facts is not None
+        sources = _source_ranges(facts[facts["product_id"].notna()], PRODUCT_KEY)
     out["source"] = [
         sources.get(key, []) for key in zip(out["store_id"], out["product_id"], strict=True)
     ]

@@ -177,6 +177,13 @@ class Settings(BaseSettings):
     trigger_seconds: float = Field(
         default=0.0, ge=0, description="Micro-batch interval; 0 = back to back."
     )
+    task_chunk_rows: int = Field(
+        default=20_000,
+        ge=100,
+        description="Rows a recompute or batch-transform task holds at once: history is folded,"
+        " and profiles are scored and written, this many at a time (Spark's Arrow batch size for"
+        " those jobs), so a task's memory does not grow with the history.",
+    )
     state_buckets: int = Field(
         default=64,
         ge=1,

@@ -406,12 +406,7 @@ def enrich_task(
 
     def run(pdf: pd.DataFrame) -> pd.DataFrame:
         from storeml.connectors.event_lake import EventLakeSink
-        from storeml.connectors.kafka_sink import KafkaRecordSink
-        from storeml.connectors.profile_files import write_profiles
-        from storeml.connectors.redis_sink import RedisProfileSink
-        from storeml.models.profiles import facts_frame, to_records
-        from storeml.models.serving import Scorer, score_kind
-        from storeml.models.store_models import get_model_cache
+        from storeml.models.profiles import facts_frame
 
         timings: dict[str, float] = {}
         mark = time.perf_counter()
@@ -452,100 +447,175 @@ def enrich_task(
             ctx.state_ttl_ms,
             lap,
         )
-        customers, products, expired = step.customers, step.products, step.expired
-        cache = get_model_cache(ctx.model_cache_size)
-
-        def scorer(handle: Any) -> Scorer:
-            if handle is None:
-                return Scorer(None, None)
-            return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
-
-        customers = score_kind(
-            "customer",
-            customers,
-            scorer(handles.get("customer")),
-            scorer(shadows.get("customer")),
-            model_name=ctx.customer_model,
-        )
-        products = score_kind(
-            "product",
-            products,
-            scorer(handles.get("product")),
-            scorer(shadows.get("product")),
-            model_name=ctx.product_model,
-        )
-        lap("score_s")
-
-        customer_records = to_records(customers, CUSTOMER_FIELDS)
-        product_records = to_records(products, PRODUCT_FIELDS)
         first_bucket = int(pdf["bucket"].min())  # names this task's files and producer
-        if ctx.profiles_dir is not None:
-            write_profiles(ctx.profiles_dir, first_bucket, customer_records, product_records)
-        encoded = (
-            encode_profiles(
-                ctx.customer_topic, ctx.product_topic, customer_records, product_records
-            )
-            if ctx.publish
-            else []
+        done = publish_profiles(
+            ctx, step.customers, step.products, handles, shadows, str(first_bucket), lap
         )
-        lap("encode_s")
-        transactional_id = (
-            f"{ctx.transactional_prefix}-{first_bucket}" if ctx.transactional_prefix else None
-        )
-        cw = cs = pw = ps = 0
-        if ctx.publish:
-            producer: KafkaRecordSink = _client(KafkaRecordSink, ctx.kafka, transactional_id)
-            for topic, record_key, value, headers in encoded:
-                producer.produce(topic, record_key, value, headers)
-            producer.flush()
-            lap("kafka_s")
-            redis_sink: RedisProfileSink = _client(
-                RedisProfileSink, ctx.redis_url, ctx.redis_prefix
-            )
-            cw, cs = redis_sink.write("customer", customer_records, "customer_id")
-            pw, ps = redis_sink.write("product", product_records, "product_id")
-            lap("redis_s")
-        if ctx.publish and ctx.state_expire_redis and expired:
-            for kind, table, id_field in (
-                ("customer", "customers", "customer_id"),
-                ("product", "products", "product_id"),
-            ):
-                gone = expired.get(table)
-                if gone is not None and len(gone):
-                    redis_sink.delete(
-                        kind,
-                        zip(gone["store_id"], gone[id_field], gone["profile_version"], strict=True),
-                    )
+        if ctx.publish and ctx.state_expire_redis and step.expired:
+            expire_profiles(ctx, step.expired)
             lap("redis_s")
         if step.committed is not None:
             step.committed.result()  # the state is durable before Spark commits the batch
         lap("state_s")
 
-        versions = model_versions(handles, shadows)
-        return pd.DataFrame(
-            [
-                {
-                    "buckets": ",".join(str(int(b)) for b in sorted(pdf["bucket"].unique())),
-                    "facts": fact_count,
-                    "customers": len(customer_records),
-                    "products": len(product_records),
-                    "kafka_records": len(encoded),
-                    "redis_written": cw + pw,
-                    "redis_skipped": cs + ps,
-                    **{name: timings.get(name, 0.0) for name in TASK_STAGES},
-                    "models": json.dumps(versions, sort_keys=True),
-                    "pid": os.getpid(),
-                    "cache": json.dumps(cache.stats(), sort_keys=True),
-                    "stores": json.dumps(_per_store(customers, products)),
-                    "events": 0,
-                    "dead_letters": 0,
-                    "decode_s": 0.0,
-                    "state": json.dumps(step.state_info),
-                }
-            ]
+        return metrics_frame(
+            sorted(int(b) for b in pdf["bucket"].unique()),
+            fact_count,
+            done,
+            timings,
+            model_versions(handles, shadows),
+            step.state_info,
         )
 
     return run
+
+
+@dataclass
+class Published:
+    """What :func:`publish_profiles` wrote."""
+
+    customers: int = 0
+    products: int = 0
+    kafka_records: int = 0
+    redis_written: int = 0
+    redis_skipped: int = 0
+    stores: dict[str, list[int]] = field(default_factory=dict)
+    cache: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: Published) -> None:
+        for name in ("customers", "products", "kafka_records", "redis_written", "redis_skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for store, counts in other.stores.items():
+            total = self.stores.setdefault(store, [0, 0])
+            total[0] += counts[0]
+            total[1] += counts[1]
+        self.cache = other.cache
+
+
+def publish_profiles(
+    ctx: JobContext,
+    customers: pd.DataFrame,
+    products: pd.DataFrame,
+    handles: dict[str, Any],
+    shadows: dict[str, Any],
+    part: str,
+    lap: Callable[[str], None] = lambda name: None,
+) -> Published:
+    """Score folded profiles per store, then write them: Parquet files, Kafka, Redis (executor).
+
+    ``part`` names this call's profile files (``ctx.profiles_dir``) and its transactional
+    producer. ``lap`` is called as each stage ends (score_s, encode_s, kafka_s, redis_s).
+    """
+    from storeml.connectors.kafka_sink import KafkaRecordSink
+    from storeml.connectors.profile_files import write_profiles
+    from storeml.connectors.redis_sink import RedisProfileSink
+    from storeml.models.profiles import to_records
+    from storeml.models.serving import Scorer, score_kind
+    from storeml.models.store_models import get_model_cache
+
+    cache = get_model_cache(ctx.model_cache_size)
+
+    def scorer(handle: Any) -> Scorer:
+        if handle is None:
+            return Scorer(None, None)
+        return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
+
+    customers = score_kind(
+        "customer",
+        customers,
+        scorer(handles.get("customer")),
+        scorer(shadows.get("customer")),
+        model_name=ctx.customer_model,
+    )
+    products = score_kind(
+        "product",
+        products,
+        scorer(handles.get("product")),
+        scorer(shadows.get("product")),
+        model_name=ctx.product_model,
+    )
+    lap("score_s")
+    customer_records = to_records(customers, CUSTOMER_FIELDS)
+    product_records = to_records(products, PRODUCT_FIELDS)
+    if ctx.profiles_dir is not None:
+        write_profiles(ctx.profiles_dir, part, customer_records, product_records)
+    encoded = (
+        encode_profiles(ctx.customer_topic, ctx.product_topic, customer_records, product_records)
+        if ctx.publish
+        else []
+    )
+    lap("encode_s")
+    done = Published(
+        customers=len(customer_records),
+        products=len(product_records),
+        kafka_records=len(encoded),
+        stores=_per_store(customers, products),
+    )
+    if ctx.publish:
+        transactional_id = (
+            f"{ctx.transactional_prefix}-{part}" if ctx.transactional_prefix else None
+        )
+        producer: KafkaRecordSink = _client(KafkaRecordSink, ctx.kafka, transactional_id)
+        for topic, record_key, value, headers in encoded:
+            producer.produce(topic, record_key, value, headers)
+        producer.flush()
+        lap("kafka_s")
+        redis_sink: RedisProfileSink = _client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
+        cw, cs = redis_sink.write("customer", customer_records, "customer_id")
+        pw, ps = redis_sink.write("product", product_records, "product_id")
+        done.redis_written, done.redis_skipped = cw + pw, cs + ps
+        lap("redis_s")
+    done.cache = cache.stats()
+    return done
+
+
+def expire_profiles(ctx: JobContext, expired: dict[str, pd.DataFrame]) -> None:
+    """Delete expired entities' profiles from Redis (guarded: a newer profile stays)."""
+    from storeml.connectors.redis_sink import RedisProfileSink
+
+    redis_sink: RedisProfileSink = _client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
+    for kind, table, id_field in (
+        ("customer", "customers", "customer_id"),
+        ("product", "products", "product_id"),
+    ):
+        gone = expired.get(table)
+        if gone is not None and len(gone):
+            redis_sink.delete(
+                kind, zip(gone["store_id"], gone[id_field], gone["profile_version"], strict=True)
+            )
+
+
+def metrics_frame(
+    buckets: list[int],
+    facts: int,
+    done: Published,
+    timings: dict[str, float],
+    versions: dict[str, str],
+    state_info: dict[str, Any],
+) -> pd.DataFrame:
+    """The one metrics row (:data:`METRICS_SCHEMA`) an enrich or recompute task returns."""
+    return pd.DataFrame(
+        [
+            {
+                "buckets": ",".join(str(b) for b in buckets),
+                "facts": facts,
+                "customers": done.customers,
+                "products": done.products,
+                "kafka_records": done.kafka_records,
+                "redis_written": done.redis_written,
+                "redis_skipped": done.redis_skipped,
+                **{name: timings.get(name, 0.0) for name in TASK_STAGES},
+                "models": json.dumps(versions, sort_keys=True),
+                "pid": os.getpid(),
+                "cache": json.dumps(done.cache, sort_keys=True),
+                "stores": json.dumps(done.stores),
+                "events": 0,
+                "dead_letters": 0,
+                "decode_s": 0.0,
+                "state": json.dumps(state_info),
+            }
+        ]
+    )
 
 
 @dataclass
@@ -732,17 +802,19 @@ def partition_labels(spark: Any, buckets: int, partitions: int) -> dict[int, int
 
 def enrich_facts(
     facts: Any,
-    run_task: Callable[[pd.DataFrame], pd.DataFrame],
+    run_task: Callable[[Any], Any],
     labels: dict[int, int],
     partitions: int | None = None,
+    chunked: bool = False,
 ) -> Any:
     """Metrics DataFrame of ``run_task`` applied to each task's buckets (a lazy Spark plan).
 
     ``labels`` come from :func:`partition_labels` for ``partitions`` (default: the session's
     shuffle partitions); each partition's Python worker gathers its buckets' facts whole and hands
-    them to ``run_task``.
-    The decode tasks' :data:`DECODE_STATS` rows become one metrics row (no bucket) per partition
-    that received any.
+    them to ``run_task`` (a micro-batch), or, ``chunked``, hands it an iterator of the facts in
+    Arrow-batch-sized chunks, sorted by source coordinates and never splitting one message's rows,
+    from which ``run_task`` yields metrics rows (history larger than memory; Spark's sort spills). The decode tasks' :data:`DECODE_STATS` rows become one metrics row (no bucket) per
+    partition that received any.
     """
     from pyspark.sql import functions as F
 
@@ -750,6 +822,38 @@ def enrich_facts(
     placed = facts.withColumn("_part", mapping[F.col("bucket")]).repartition(
         partitions or shuffle_partitions(facts.sparkSession), "_part"
     )
+
+    def run_chunked(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        stats: list[pd.DataFrame] = []
+
+        def facts_only() -> Iterator[pd.DataFrame]:
+            # Rows arrive sorted by source coordinates; the rows of one message (an order's
+            # lines) are held back until the next chunk when a chunk ends among them, so that
+            # no message is folded in two pieces (the fold counts an order once per chunk).
+            carry: pd.DataFrame | None = None
+            for chunk in chunks:
+                marks = chunk["kind"] == DECODE_STATS
+                if marks.any():
+                    stats.append(chunk[marks])
+                    chunk = chunk[~marks]
+                if not len(chunk):
+                    continue
+                rows = chunk if carry is None else pd.concat([carry, chunk], ignore_index=True)
+                last = rows.iloc[-1]
+                tail = (
+                    (rows["offset"] == last["offset"])
+                    & (rows["partition"] == last["partition"])
+                    & (rows["topic"] == last["topic"])
+                )
+                carry = rows[tail]
+                if (~tail).any():
+                    yield rows[~tail].drop(columns="_part").reset_index(drop=True)
+            if carry is not None and len(carry):
+                yield carry.drop(columns="_part").reset_index(drop=True)
+
+        yield from run_task(facts_only())
+        if stats:
+            yield _decode_metrics(pd.concat(stats, ignore_index=True))
 
     def run(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         frames = [chunk for chunk in chunks if len(chunk)]
@@ -763,6 +867,9 @@ def enrich_facts(
         if len(rows):
             yield run_task(rows.drop(columns="_part").reset_index(drop=True))
 
+    if chunked:
+        placed = placed.sortWithinPartitions("topic", "partition", "offset")
+        return placed.mapInPandas(run_chunked, METRICS_SCHEMA)
     return placed.mapInPandas(run, METRICS_SCHEMA)
 
 

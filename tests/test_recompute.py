@@ -145,11 +145,15 @@ def test_recompute_from_lake_and_topic_equals_the_stream(
         assert published == want
         assert _redis(settings, kind) == redis_before[kind]
 
-    # from the topics (malformed events skipped, not dead-lettered again), Parquet only
+    # from the topics (malformed events skipped, not dead-lettered again), Parquet only; each
+    # task holds at most 500 facts at once, a small part of its history
+    chunked = settings.model_copy(update={"task_chunk_rows": 500})
     summary = recompute(
-        spark, settings, source="topic", output=str(tmp_path / "topic-out"), publish=False
+        spark, chunked, source="topic", output=str(tmp_path / "topic-out"), publish=False
     )
     assert summary.skipped > 0 and summary.events == len(good) + summary.skipped
+    # (a chunk may grow by the lines of one order held back from the previous one)
+    assert 0 < summary.max_chunk_rows <= 520 and 500 < summary.events // (4 * summary.tasks)
     for kind, _, _ in KINDS:
         assert _keyed(read_profiles(tmp_path / "topic-out", kind), kind) == streamed_profiles[kind]
 
