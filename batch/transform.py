@@ -3,16 +3,16 @@
 Wiring only; the scoring is the stream's (``models/serving.py``)::
 
     entities (Parquet, Spark or pandas)
-      ──groupBy(bucket of store).applyInPandas(score_kind)──▶ <output>/date=<run date>/store_id=<s>/
+      ──by store, sorted: mapInPandas(score_kind per chunk)──▶ <output>/date=<run date>/store_id=<s>/
 
 * The alias (or version) is resolved **once, on the driver**; the small :class:`ModelHandle` is
   shipped to executors, which open the version through the per-process model cache
   (:func:`storeml.models.store_models.get_model_cache`): each Python worker loads a version and
   each store's model once, however many buckets it scores.
-* Rows are grouped by the same CRC-32 bucket of the store id as the stream's state
-  (:func:`storeml.models.events.bucket_of`, computed by Spark), so a store's rows meet in one
-  call and ``score_kind`` makes **one predict call per store** (plus one for the stores served by
-  the global fallback) per bucket.
+* Rows are placed by a CRC-32 hash of the store id into one task per shuffle partition and sorted
+  by store inside it; each task scores chunks of ``task_chunk_rows`` rows (Spark's Arrow batches),
+  and ``score_kind`` makes **one predict call per store** (plus one for the stores served by the
+  global fallback) per chunk. A task's memory is a chunk, however large the dataset.
 * Output: Parquet, partitioned by ``date`` (the run date) and ``store_id``. Each file holds the
   entity key (``customer_id`` / ``product_id``), the prediction (``propensity``, or
   ``predicted_categories``: up to five ``{category, probability, rank}`` for uncategorised
@@ -95,6 +95,7 @@ class TransformSummary:
     stores: int
     seconds: float
     scopes: dict[str, int] = field(default_factory=dict)
+    max_chunk_rows: int = 0  # the most rows one scoring call held
 
     @property
     def partition(self) -> str:
@@ -222,7 +223,18 @@ def _check_columns(frame: DataFrame, kind: str, label: str) -> list[str]:
     return inputs
 
 
-def _score_buckets(
+class _Max:
+    """Accumulator parameter: the largest value any task saw."""
+
+    def zero(self, value: int) -> int:
+        return 0
+
+    def addInPlace(self, value1: int, value2: int) -> int:  # noqa: N802 (Spark's name)
+        return max(value1, value2)
+
+
+def _score_chunks(
+    largest: Any,
     kind: str,
     handle: ModelHandle,
     model_name: str,
@@ -230,19 +242,24 @@ def _score_buckets(
     registry_uri: str,
     cache_size: int,
 ) -> Any:
-    """applyInPandas function: one bucket's entities -> key, prediction, model (executor side).
+    """mapInPandas function: chunks of entities -> key, prediction, model (executor side).
 
     Captures plain values only; the model cache is reached inside, once per worker process.
     """
     columns = ["store_id", KEYS[kind], OUTPUT_FIELD[kind], "model"]
 
-    def run(_key: tuple[Any, ...], frame: pd.DataFrame) -> pd.DataFrame:
+    def run(frames: Any) -> Any:
         from storeml.models.serving import Scorer, score_kind
         from storeml.models.store_models import get_model_cache
 
         bundle = get_model_cache(cache_size).bundle(handle, tracking_uri, registry_uri)
-        scored = score_kind(kind, frame, Scorer(bundle, handle), None, model_name=model_name)
-        return scored[columns]
+        for frame in frames:
+            if len(frame):
+                largest.add(len(frame))
+                scored = score_kind(
+                    kind, frame, Scorer(bundle, handle), None, model_name=model_name
+                )
+                yield scored[columns]
 
     return run
 
@@ -265,8 +282,9 @@ def batch_transform(
     (``STOREML_CUSTOMER_MODEL`` / ``STOREML_PRODUCT_MODEL``); ``alias`` may also be a version
     number. ``entities`` is a Spark DataFrame, a pandas DataFrame or a Parquet path (a folder of
     a recompute's ``--output`` is read from its ``<kind>/`` folder). ``run_date`` (default: today,
-    UTC) names the ``date=`` partition, which is replaced as a whole. ``buckets`` (default
-    ``STOREML_STATE_BUCKETS``) is the number of scoring groups.
+    UTC) names the ``date=`` partition, which is replaced as a whole. ``buckets`` (default: the
+    shuffle partitions) is the number of scoring tasks; each scores ``task_chunk_rows`` rows at a
+    time.
 
     Raises :class:`ModelError` when the model, alias or version does not exist (naming what
     does) or scoring fails, :class:`ConfigError` for an input without the key columns or with
@@ -293,12 +311,19 @@ def batch_transform(
             f"{label} has rows with a null store_id or {key}; predictions are stored by store and"
             " entity, so drop or fix those rows first"
         )
-    groups = buckets or settings.state_buckets
-    scored = frame.withColumn(
-        "bucket", F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(groups))
-    ).groupBy("bucket")
-    scored_frame = scored.applyInPandas(
-        _score_buckets(
+    tasks = buckets or settings.shuffle_partitions
+    # Rows of a store meet in one task, sorted by store (Spark's sort spills), and each task scores
+    # Arrow-batch-sized chunks: one predict call per store and chunk, memory bounded by the chunk.
+    placed = (
+        frame.withColumn("_bucket", F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(tasks)))
+        .repartition(tasks, "_bucket")
+        .sortWithinPartitions("store_id")
+        .drop("_bucket")
+    )
+    largest = spark.sparkContext.accumulator(0, _Max())
+    scored_frame = placed.mapInPandas(
+        _score_chunks(
+            largest,
             kind,
             handle,
             name,
@@ -312,6 +337,9 @@ def batch_transform(
     staging = f"{root}/_staging/date={day}-{uuid.uuid4().hex}"
     spark.sparkContext.setJobDescription(f"storeml batch-transform {kind} {name}@{alias} {day}")
     files = _HadoopFiles(spark)
+    batch_rows = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(batch_rows)
+    spark.conf.set(batch_rows, str(settings.task_chunk_rows))
     try:
         scored_frame.write.mode("error").partitionBy("store_id").parquet(staging)
         written = spark.read.schema(output_schema(kind)).parquet(staging)
@@ -330,6 +358,7 @@ def batch_transform(
             f" {message}"
         ) from exc
     finally:
+        spark.conf.set(batch_rows, previous)
         spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
     return TransformSummary(
         kind=kind,
@@ -342,6 +371,7 @@ def batch_transform(
         stores=int(stores),
         seconds=time.perf_counter() - started,
         scopes={str(row["scope"]): int(row["rows"]) for row in counts},
+        max_chunk_rows=int(largest.value),
     )
 
 

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     )
     task_chunk_rows: int = Field(
         default=20_000,
-        ge=100,
+        ge=10,
         description="Rows a recompute or batch-transform task holds at once: history is folded,"
         " and profiles are scored and written, this many at a time (Spark's Arrow batch size for"
         " those jobs), so a task's memory does not grow with the history.",

@@ -148,9 +148,16 @@ def test_customers_from_a_recompute_folder_match_direct_scoring(
         write_profiles(str(root), bucket, to_records(rows, CUSTOMER_FIELDS), [])
 
     out = tmp_path / "predictions"
+    # each scoring call holds at most 50 rows, a small part of the input
     summary = batch_transform(
-        spark, trained, root, kind="customer", output=out, run_date="2024-05-01"
+        spark,
+        trained.model_copy(update={"task_chunk_rows": 50}),
+        root,
+        kind="customer",
+        output=out,
+        run_date="2024-05-01",
     )
+    assert 0 < summary.max_chunk_rows <= 50 and len(customers) > 10 * 50
 
     stores = set(customers["store_id"])
     assert _layout(out) == {"date=2024-05-01": {f"store_id={s}" for s in stores}}
