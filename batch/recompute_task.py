@@ -28,7 +28,7 @@ import pandas as pd
 
 from storeml.streams.enrich import JobContext
 
-__all__ = ["recompute_task"]
+__all__ = ["recompute_task", "state_profiles"]
 
 
 def recompute_task(
@@ -92,14 +92,11 @@ def recompute_task(
                     lap("state_s")
             done = Published()
             chunk_no = 0
-            customer_chunks = db.scan("customers", mine, chunk_rows)
-            product_chunks = db.scan("products", mine, chunk_rows)
-            for customers_flat, products_flat in itertools.zip_longest(
-                customer_chunks, product_chunks
+            for part_no, (customer_rows, product_rows) in enumerate(
+                state_profiles(db, mine, chunk_rows, with_sources=True)
             ):
-                customer_rows, product_rows = _profiles(db, customers_flat, products_flat)
                 lap("fold_s")
-                part = f"{mine[0]}-{chunk_no:05d}"
+                part = f"{mine[0]}-{part_no:05d}"
                 done.add(_publish(ctx, customer_rows, product_rows, handles, shadows, part, lap))
                 chunk_no += 1
         finally:
@@ -108,50 +105,59 @@ def recompute_task(
         info = {"chunks": folded, "max_chunk_rows": largest, "publish_chunks": chunk_no}
         yield metrics_frame(mine, fact_count, done, timings, model_versions(handles, shadows), info)
 
-    def _profiles(
-        db: Any, customers_flat: pd.DataFrame | None, products_flat: pd.DataFrame | None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Profiles of one scanned chunk of customers and of products (either may be None)."""
-        from storeml.models.profiles import (
-            CUSTOMER_KEY,
-            PRODUCT_KEY,
-            ProfileState,
-            StateDelta,
-            customer_profiles,
-            product_profiles,
-            ranges_by_entity,
-        )
+    return run
 
+
+def state_profiles(
+    db: Any, buckets: list[int], chunk_rows: int, *, with_sources: bool
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Unscored customer and product profiles of every entity of ``buckets`` in a state copy
+    (:class:`~storeml.connectors.state_db.StateDB`), ``chunk_rows`` of each kind at a time.
+
+    ``source`` comes from the copy's offset ranges ``with_sources`` (a recompute), else is empty.
+    """
+    from storeml.models.profiles import (
+        CUSTOMER_KEY,
+        PRODUCT_KEY,
+        ProfileState,
+        StateDelta,
+        customer_profiles,
+        product_profiles,
+        ranges_by_entity,
+    )
+
+    chunks = itertools.zip_longest(
+        db.scan("customers", buckets, chunk_rows), db.scan("products", buckets, chunk_rows)
+    )
+    for customers_flat, products_flat in chunks:
         empty = ProfileState()
-        customers = empty.customers
-        categories = empty.categories
+        customers, categories, products = empty.customers, empty.categories, empty.products
         sources: dict[str, Any] = {"customer": {}, "product": {}}
         if customers_flat is not None and len(customers_flat):
             keys = customers_flat[["bucket", *CUSTOMER_KEY]]
             with db.transaction(write=False):
                 categories = db.read(keys).categories
-                ranges = db.sources_of("customer", keys)
-            customers = customers_flat.drop(
-                columns=["bucket", "expired"], errors="ignore"
-            ).set_index(CUSTOMER_KEY)
-            sources["customer"] = ranges_by_entity(ranges, CUSTOMER_KEY)
-        products = empty.products
+                if with_sources:
+                    sources["customer"] = ranges_by_entity(
+                        db.sources_of("customer", keys), CUSTOMER_KEY
+                    )
+            customers = customers_flat.drop(columns=["bucket", "expired"], errors="ignore")
+            customers = customers.set_index(CUSTOMER_KEY)
         if products_flat is not None and len(products_flat):
             keys = products_flat[["bucket", *PRODUCT_KEY]]
-            with db.transaction(write=False):
-                ranges = db.sources_of("product", keys)
-            products = products_flat.drop(columns=["bucket", "expired"], errors="ignore").set_index(
-                PRODUCT_KEY
-            )
-            sources["product"] = ranges_by_entity(ranges, PRODUCT_KEY)
+            if with_sources:
+                with db.transaction(write=False):
+                    sources["product"] = ranges_by_entity(
+                        db.sources_of("product", keys), PRODUCT_KEY
+                    )
+            products = products_flat.drop(columns=["bucket", "expired"], errors="ignore")
+            products = products.set_index(PRODUCT_KEY)
         delta = StateDelta(customers, categories, products)
         after = ProfileState(customers, categories, products)
-        return (
+        yield (
             customer_profiles(after, delta, None, sources["customer"]),
             product_profiles(after, delta, None, sources["product"]),
         )
-
-    return run
 
 
 def _with_bucket(ranges: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:

@@ -3,8 +3,9 @@
 A folder of model packages becomes a list of :class:`Job`; every package with a schedule is one::
 
     at each cron time (UTC) of the package:
-      recompute the latest profiles from history  (batch/recompute.py; Parquet in a scratch
-                                                   folder, as of the due time, nothing published)
+      the stream's latest profiles, read from its state  (batch/latest.py; Parquet in a scratch
+                                                   folder; or, with ``recompute``, rebuilt from
+                                                   history as of the due time: batch/recompute.py)
       -> batch_transform with the package's model @champion  (batch/transform.py)
       -> <output root>/<prediction.service>/<prediction.version>/date=<due date>/store_id=<s>/
 
@@ -435,12 +436,13 @@ def load_packages(folder: str | Path) -> list[ModelPackage]:
 
 
 class PackageJob:
-    """The batch predictions of one package: recompute the latest profiles, then batch_transform.
+    """The batch predictions of one package: the latest profiles, then batch_transform.
 
     ``spark`` is called for the session at each run (so a scheduler process starts Spark only
-    when the first run is due). ``source`` is where the recompute reads history ("lake" or
-    "topic"). ``scratch`` holds each run's recomputed profiles until the run ends; it must be
-    reachable by every executor.
+    when the first run is due). The profiles are the stream's latest, read from its state (the
+    cost of the state, not of the history); with ``recompute`` they are rebuilt from history
+    as of the due time instead, read from ``source`` ("lake" or "topic"). ``scratch`` holds each
+    run's profiles until the run ends; it must be reachable by every executor.
     """
 
     def __init__(
@@ -452,8 +454,10 @@ class PackageJob:
         output_root: str,
         scratch: str | Path,
         source: Literal["lake", "topic"] = "lake",
+        recompute: bool = False,
     ) -> None:
         self.package = package
+        self.recompute = recompute
         self.settings = settings
         self.spark = spark
         prediction = package.config.prediction
@@ -462,6 +466,7 @@ class PackageJob:
         self.source = source
 
     def __call__(self, due: datetime) -> RunOutcome:
+        from storeml.batch.latest import export_latest_profiles
         from storeml.batch.recompute import recompute
         from storeml.batch.transform import batch_transform
 
@@ -470,14 +475,17 @@ class PackageJob:
         # the recompute's own scoring is not what we publish: skip its shadow scoring at least
         settings = self.settings.model_copy(update={"shadow_alias": ""})
         try:
-            recompute(
-                spark,
-                settings,
-                source=self.source,
-                as_of_ms=int(due.timestamp() * 1000),
-                output=str(folder),
-                publish=False,
-            )
+            if self.recompute:
+                recompute(
+                    spark,
+                    settings,
+                    source=self.source,
+                    as_of_ms=int(due.timestamp() * 1000),
+                    output=str(folder),
+                    publish=False,
+                )
+            else:
+                export_latest_profiles(spark, settings, folder)
             summary = batch_transform(
                 spark,
                 self.settings,
@@ -505,6 +513,7 @@ def package_jobs(
     output_root: str,
     scratch: str | Path,
     source: Literal["lake", "topic"] = "lake",
+    recompute: bool = False,
 ) -> list[Job]:
     """A :class:`Job` per package with a ``prediction.schedule`` (the others are left out)."""
     jobs = []
@@ -513,7 +522,13 @@ def package_jobs(
         if not expression:
             continue
         action = PackageJob(
-            package, settings, spark, output_root=output_root, scratch=scratch, source=source
+            package,
+            settings,
+            spark,
+            output_root=output_root,
+            scratch=scratch,
+            source=source,
+            recompute=recompute,
         )
         jobs.append(
             Job(

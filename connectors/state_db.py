@@ -39,7 +39,7 @@ from storeml.models.profiles import (
     state_table,
 )
 
-__all__ = ["StateDB", "DBCounters", "open_db", "close_all"]
+__all__ = ["StateDB", "DBCounters", "open_db", "close_db", "close_all"]
 
 _KEYS = {"customers": CUSTOMER_KEY, "categories": CATEGORY_KEY, "products": PRODUCT_KEY}
 #: Tables whose expired entities leave a row behind: their last ``profile_version``, so that the
@@ -421,6 +421,13 @@ def open_db(path: Path, cache_mb: int = 64, expiry_index: bool = False) -> State
         if db is None:
             db = _dbs[key] = StateDB(path, cache_mb, expiry_index)
         return db
+
+
+def close_db(path: Path) -> None:
+    """Close this process's connections to the copy at ``path`` (before deleting it)."""
+    with _dbs_lock:
+        for key in [k for k in _dbs if k[0] == str(path)]:
+            _dbs.pop(key).close()
 
 
 def close_all() -> None:

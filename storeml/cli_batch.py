@@ -257,6 +257,12 @@ def schedule_list_cmd(packages_dir: str, count: int) -> None:
     default=None,
     help="Root of the predictions [default: <STOREML_HOME>/predictions].",
 )
+@click.option(
+    "--recompute",
+    is_flag=True,
+    help="Rebuild each run's profiles from history as of its due time (--from-lake/--from-topic)"
+    " instead of scoring the stream's latest profiles, read from its state [default].",
+)
 @_history_source
 @click.option(
     "--lock-dir",
@@ -273,6 +279,7 @@ def schedule_run_cmd(
     ctx: click.Context,
     packages_dir: str,
     output: str | None,
+    recompute: bool,
     source: str,
     lock_dir: str | None,
     once: bool,
@@ -307,6 +314,7 @@ def schedule_run_cmd(
             output_root=output or str(settings.home / "predictions"),
             scratch=settings.home / "schedule" / "work",
             source="topic" if source == "topic" else "lake",
+            recompute=recompute,
         )
         if not jobs:
             raise click.ClickException(

@@ -223,3 +223,25 @@ def test_recompute_racing_the_stream_never_leaves_an_older_profile_in_redis(
         for (store, entity), record in newest.items():
             stored = redis[f":{{{store}}}:{kind}:{entity}"]
             assert int(stored["profile_version"]) == record["profile_version"], (store, entity)
+
+
+def test_the_latest_profiles_come_from_the_stream_state_without_a_recompute(
+    spark: Any, streamed: Settings, tmp_path: Path
+) -> None:
+    """What a scheduled run scores: the stream's last committed profiles, read from its state."""
+    from storeml.batch.latest import export_latest_profiles
+
+    served = {"propensity", "predicted_categories", "model", "shadow", "source"}
+    summary = export_latest_profiles(spark, streamed, tmp_path / "latest")
+    assert summary.version >= 2
+    for kind, attr, schema in KINDS:
+        want = {
+            key: {f: v for f, v in record.items() if f not in served}
+            for key, record in _latest(streamed, getattr(streamed, attr), schema, kind).items()
+        }
+        got = {
+            (r["store_id"], r[f"{kind}_id"]): {f: v for f, v in r.items() if f not in served}
+            for r in read_profiles(tmp_path / "latest", kind)
+        }
+        assert got == want, kind
+    assert summary.customers == len(read_profiles(tmp_path / "latest", "customer"))

@@ -350,7 +350,8 @@ def test_schedule_run_stops_cleanly_on_sigterm(
 def test_schedule_run_fires_a_package_job_end_to_end(
     settings: Settings, unique: str, tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
 ) -> None:
-    """``storeml schedule run`` on a 2-second cron: recompute from the lake, score, write."""
+    """``storeml schedule run --recompute`` on a 2-second cron: recompute from the lake, score,
+    write (scoring the stream's latest profiles instead is tested in test_recompute.py)."""
     from storeml.batch.history import synthetic_facts
     from storeml.batch.train import train_package
     from storeml.batch.transform import read_predictions
@@ -391,7 +392,14 @@ def test_schedule_run_fires_a_package_job_end_to_end(
     output = tmp_path / "predictions"
     log = tmp_path / "schedule.log"
     process = _schedule_process(
-        settings, tmp_path / "packages", log, "--output", str(output), "--max-runs", "1"
+        settings,
+        tmp_path / "packages",
+        log,
+        "--output",
+        str(output),
+        "--max-runs",
+        "1",
+        "--recompute",
     )
     reaper.append(process)
     assert process.wait(600) == 0, log.read_text()
