@@ -264,3 +264,66 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(
         )
     }
     assert dead_crashed == dead_clean and dead_clean
+
+
+def test_a_checkpoint_resumes_with_more_and_fewer_tasks_and_equals_an_uninterrupted_run(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """2 enrich tasks, then 4 on the same checkpoint, then 2 again: the same profiles as one run."""
+    from storeml.batch.history import train_on_synthetic
+    from storeml.streams.enrich import start_enrichment
+
+    base = settings.model_copy(update={"max_records_per_batch": 2_000, "task_records": 100})
+    train_on_synthetic(base, stores=5, events=4_000, seed=23)
+    ensure_topics(base.kafka_config(), base.topics, 3)
+    events = list(generate(GeneratorConfig(stores=5, events=9_000, seed=29)))
+    thirds = [events[:3_000], events[3_000:6_000], events[6_000:]]
+
+    def variant(name: str) -> Settings:
+        s = base.model_copy(
+            update={
+                "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
+                "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
+                "redis_prefix": f"{base.redis_prefix}:{name}",
+                "checkpoint_dir": tmp_path / name,
+            }
+        )
+        ensure_topics(s.kafka_config(), s.topics, 3)
+        return s
+
+    def run(s: Settings, tasks: int) -> list[Any]:
+        spark.conf.set("spark.sql.shuffle.partitions", str(tasks))
+        try:
+            query, handler = start_enrichment(
+                spark, s.model_copy(update={"source_tasks": tasks}), available_now=True
+            )
+            query.awaitTermination(600)
+            assert query.exception() is None
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", "2")
+        return handler.reports
+
+    resized, whole = variant("resized"), variant("whole")
+    tasks_seen = []
+    for part, tasks in zip(thirds, (2, 4, 2), strict=True):
+        produce_events(base.kafka_config(), part, base.topic_orders, base.topic_products)
+        tasks_seen.append({r.tasks for r in run(resized, tasks)})
+    assert max(tasks_seen[1]) == 4 and max(tasks_seen[2]) == 2, tasks_seen
+    run(whole, 2)
+
+    for kind in ("customer", "product"):
+        got = {
+            k: {f: v for f, v in h.items() if f != "source"}
+            for k, h in redis_profiles(resized, kind).items()
+        }
+        want = {
+            k: {f: v for f, v in h.items() if f != "source"}
+            for k, h in redis_profiles(whole, kind).items()
+        }
+        assert len(want) > 0 and got == want, kind
+    good, _ = input_events(base)
+    want_c, want_p = reference_profiles(good)
+    latest = latest_from_topic(
+        resized, resized.topic_customer_profiles, "customer_id", "customer_profile"
+    )
+    assert_profiles_match(latest, want_c)
