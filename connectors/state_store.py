@@ -369,6 +369,25 @@ class StateStore:
                 _pending[:] = [f for f in _pending if not f.done()] + [future]
             self.stats.snapshots += 1
 
+    def write_snapshots(self, buckets: list[int], version: int) -> int:
+        """Snapshot ``buckets`` of the working copy as version ``version`` now (operators, tools).
+
+        The copy must hold them at ``version``. Returns the number written.
+        """
+        db = self.db
+        with db.transaction(write=False):
+            held = db.versions(buckets)
+            stale = [b for b in buckets if held.get(b) != version]
+            if stale:
+                raise StateError(
+                    f"{self.db_path}: buckets {stale[:10]} are not at version {version}; prepare"
+                    " them first"
+                )
+            dumps = {b: db.dump(b) for b in buckets}
+        for bucket, tables in dumps.items():
+            self._write_snapshot(bucket, version, tables)
+        return len(dumps)
+
     def _write_snapshot(self, bucket: int, version: int, tables: dict[str, pd.DataFrame]) -> None:
         folder = self.snapshots / f"bucket={bucket:05d}"
         folder.mkdir(parents=True, exist_ok=True)
