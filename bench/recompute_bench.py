@@ -11,7 +11,9 @@ MLflow on SQLite), trains per-store models, pre-loads the events, and then measu
 * **stream**: the enrichment stream with ``availableNow`` (its event lake on), wall time from query
   start to termination;
 * **recompute from the lake** the stream wrote, publishing to the enriched topics and Redis;
-* **recompute from the topics** (``--from-topic``), publishing likewise.
+* **recompute from the topics** (``--from-topic``), publishing likewise;
+* with ``--scale 1000000,10000000``: a lake of each size written straight from the generator (no
+  stream), recomputed from it, with the peak RSS of the whole job (JVM and Python workers).
 
 Each stage writes to its own output topics and Redis prefix. Nothing here asserts a time: the script
 prints numbers (``--json`` writes them) beside the targets (recompute at least as fast per event as
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit
+from bench.common import RssSampler, emit
 from bench.stream_bench import (
     _fmt,
     _kv,
@@ -82,6 +84,68 @@ def run_recompute(spark: Any, settings: Any, source: str) -> dict[str, Any]:
     }
 
 
+def write_lake(settings: Any, stores: int, events: int, seed: int, chunk: int = 500_000) -> float:
+    """Archive ``events`` synthetic events straight into ``settings``' lake (no stream, no broker),
+    as the stream would have: the input topics' names, one partition, offsets in order."""
+    import pandas as pd
+
+    from storeml.connectors.event_lake import EventLakeSink
+    from storeml.connectors.synthetic import GeneratorConfig, generate
+
+    started = time.perf_counter()
+    sink = EventLakeSink(str(settings.lake_path))
+    topics = {"orders": settings.topic_orders, "products": settings.topic_products}
+    offsets = {"orders": 0, "products": 0}
+    rows: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        frame = pd.DataFrame(
+            rows, columns=["topic", "partition", "offset", "key", "value", "store_id", "event_time"]
+        )
+        sink.write(frame)
+        rows.clear()
+
+    for event in generate(GeneratorConfig(stores=stores, events=events, seed=seed)):
+        if event.record is None:
+            continue
+        kind = event.topic_kind
+        rows.append(
+            (
+                topics[kind],
+                0,
+                offsets[kind],
+                event.key,
+                event.value,
+                event.record["store_id"],
+                event.record["event_time"],
+            )
+        )
+        offsets[kind] += 1
+        if len(rows) >= chunk:
+            flush()
+    if rows:
+        flush()
+    return time.perf_counter() - started
+
+
+def run_scale(spark: Any, services: Any, args: argparse.Namespace, events: int) -> dict[str, Any]:
+    """Recompute from a lake of ``events`` written straight from the generator; peak RSS."""
+    settings = services.settings_for(
+        f"scale-{events}", lake_dir=str(services.workdir / f"lake-{events}")
+    )
+    _say(f"writing a lake of {events:,} events")
+    write_s = write_lake(settings, args.stores, events, args.seed + 100)
+    _say(f"lake written in {write_s:.0f}s; recompute from it")
+    with RssSampler() as rss:
+        out = run_recompute(spark, settings, "lake")
+    out.update(lake_write_s=write_s, peak_rss_gib=rss.peak / 2**30)
+    _say(
+        f"recompute of {events:,}: {out['rate']:,.0f} events/s, peak RSS {out['peak_rss_gib']:.2f}"
+        " GiB"
+    )
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.recompute_bench",
@@ -101,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no stream run (then the lake is empty: topic only)",
     )
     add("--skip-topic", action="store_true", help="skip the recompute from the topics")
+    add(
+        "--scale",
+        default="",
+        help="comma-separated event counts (e.g. 1000000,10000000): recompute a lake of each size,"
+        " written straight from the generator, and report its peak RSS (JVM and Python workers)",
+    )
     return parser
 
 
@@ -149,6 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spark, services.settings_for("recompute-topic", lake_enabled=False), "topic"
             )
             _say(f"recompute from the topics: {results['topic']['rate']:,.0f} events/s")
+        results["scale"] = [
+            run_scale(spark, services, args, int(n)) for n in args.scale.split(",") if n
+        ]
     finally:
         results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
         if spark is not None:
@@ -195,6 +268,19 @@ def format_report(results: Mapping[str, Any]) -> str:
         f"targets: recompute >= the stream's events/s, and < {TARGET_SECONDS_PER_MILLION:.0f} s"
         " per 1,000,000 events"
     )
+    scale = results.get("scale") or []
+    for row in scale:
+        lines.append(
+            f"{'recompute lake (scale)':<28}{row['events']:>11,}{row['wall_s']:>10.1f}"
+            f"{row['rate']:>11,.0f}{_ratio(row['rate'], stream):>11}"
+            f"{1e6 / row['rate']:>10.1f}  peak RSS {row['peak_rss_gib']:.2f} GiB"
+        )
+    if len(scale) > 1:
+        growth = scale[-1]["peak_rss_gib"] / scale[0]["peak_rss_gib"]
+        lines.append(
+            f"target: peak RSS at {scale[-1]['events']:,} <= 1.3x that at {scale[0]['events']:,}:"
+            f" {growth:.2f}x ({'met' if growth <= 1.3 else 'NOT met'})"
+        )
     for key in ("lake", "topic"):
         if key in results:
             r = results[key]

@@ -30,13 +30,13 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit
+from bench.common import RssSampler, emit
+from bench.seeding import seed_state
 from bench.stream_bench import (
     _quiet,
     _say,
@@ -50,104 +50,6 @@ TARGET_RATIO = 1.3
 TARGET_RSS_GROWTH_GIB = 1.0
 
 
-class RssSampler:
-    """Peak resident memory of this process and all its descendants (JVM, Python workers)."""
-
-    def __init__(self, every: float = 0.2) -> None:
-        import psutil
-
-        self._root = psutil.Process(os.getpid())
-        self.every = every
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> int:
-        import psutil
-
-        total = 0
-        for proc in [self._root, *self._root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self._total())
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self._total()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def seed_state(settings: Any, stores: list[str], entities: int, now_ms: int) -> dict[str, float]:
-    """Add ``entities`` customers to the stream's state at its last committed batch."""
-    import pandas as pd
-
-    from storeml.batch.latest import latest_version
-    from storeml.connectors.state_store import StateStore
-    from storeml.models.events import buckets_of
-    from storeml.models.profiles import StateDelta, state_table
-    from storeml.streams.enrich import _check_checkpoint
-
-    started = time.perf_counter()
-    state_id = _check_checkpoint(settings.checkpoint_path, settings)
-    root = settings.checkpoint_path / "profile-state"
-    version = latest_version(root)
-    store = StateStore(
-        root, state_id, settings.state_buckets, settings.state_cache_path, expiry=False
-    )
-    buckets = list(range(settings.state_buckets))
-    store.prepare(buckets, version)
-    per_store = -(-entities // len(stores))
-    ids = [(s, f"c{n:06d}") for s in stores for n in range(1, per_store + 1)][:entities]
-    have = store.db.db.execute("SELECT store_id, customer_id FROM customers").fetchall()
-    ids = [key for key in ids if key not in set(have)]
-    written = 0
-    for start in range(0, len(ids), 200_000):
-        part = ids[start : start + 200_000]
-        n = len(part)
-        customers = state_table(
-            "customers",
-            {
-                "store_id": [s for s, _ in part],
-                "customer_id": [c for _, c in part],
-                "profile_version": [1] * n,
-                "order_count": [1] * n,
-                "total_spend_minor": [2_500] * n,
-                "first_order_time": [now_ms] * n,
-                "last_order_time": [now_ms] * n,
-                "last_event_time": [now_ms] * n,
-                "product_views": [0] * n,
-                "touched_ms": [now_ms] * n,
-            },
-        )
-        categories = state_table(
-            "categories",
-            {
-                "store_id": [s for s, _ in part],
-                "customer_id": [c for _, c in part],
-                "category": ["books"] * n,
-                "spend_minor": [2_500] * n,
-            },
-        )
-        products = state_table("products", {})
-        for frame in (customers, categories):
-            stores_of = frame.index.get_level_values("store_id")
-            frame.insert(0, "bucket", buckets_of(stores_of, settings.state_buckets))
-        products.insert(0, "bucket", pd.Series([], dtype="int32"))
-        with store.db.transaction():
-            store.db.write(StateDelta(customers, categories, products))
-        written += n
-    store.write_snapshots(buckets, version)
-    return {"seeded": written, "seed_s": time.perf_counter() - started, "version": version}
-
-
 def run_size(
     spark: Any,
     services: Any,
@@ -156,7 +58,6 @@ def run_size(
     args: argparse.Namespace,
     batches: int | None = None,
 ) -> dict[str, Any]:
-    from storeml.connectors.synthetic import GeneratorConfig, generate
     from storeml.streams.enrich import start_enrichment
 
     batches = batches or args.batches
@@ -171,14 +72,7 @@ def run_size(
     preload_events(settings, stores, warm, args.seed + 7)
     query, _ = start_enrichment(spark, settings, available_now=True)
     query.awaitTermination(args.timeout)
-    store_ids = sorted(
-        {
-            e.record["store_id"]
-            for e in generate(GeneratorConfig(stores=stores, events=warm, seed=args.seed + 7))
-            if e.record
-        }
-    )
-    seeded = seed_state(settings, store_ids, size, int(time.time() * 1000))
+    seeded = seed_state(settings, stores, size, int(time.time() * 1000))
     _say(f"{size:,} entities: seeded {seeded['seeded']:,} in {seeded['seed_s']:.1f}s")
     preload_events(settings, stores, args.batch_events * batches, args.seed)
     with RssSampler() as rss:

@@ -1308,6 +1308,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for the last samples after producing",
     )
+    add(
+        "--seed-entities",
+        type=int,
+        default=0,
+        help="customers put into the state of the Spark and latency runs before they start"
+        " (e.g. 1000000: the same runs with a million entities already in state)",
+    )
     add("--skip-latency", action="store_true", help="skip the latency run")
     add("--skip-baselines", action="store_true", help="skip baselines A and B")
     add("--skip-spark", action="store_true", help="skip the Spark end-to-end run")
@@ -1425,9 +1432,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["settings_overrides"] = overrides
         if not args.skip_spark:
             _say("Spark end to end (availableNow)")
-            results["spark"] = run_spark(
-                spark, services.settings_for("spark"), expected, args.timeout
-            )
+            spark_settings = services.settings_for("spark")
+            results["seeded"] = _seed(spark_settings, args)
+            results["spark"] = run_spark(spark, spark_settings, expected, args.timeout)
             _say(
                 f"Spark: {results['spark']['rate']:,.0f} events/s, steady"
                 f" {_fmt(results['spark']['steady_rate'], 0)}"
@@ -1444,6 +1451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 trigger_seconds=0.0,
                 starting_offsets="earliest",  # fresh, empty topics: earliest is the current end
             )
+            results["latency_seeded"] = _seed(latency_settings, args)
             results["latency"] = run_latency(
                 spark,
                 latency_settings,
@@ -1466,6 +1474,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spark.stop()
         services.stop(args.keep_temp)
     return results
+
+
+def _seed(settings: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--seed-entities`` customers into a run's fresh state (None without the option)."""
+    if not args.seed_entities:
+        return None
+    from bench.seeding import seed_state
+
+    seeded = seed_state(settings, args.stores, args.seed_entities, int(time.time() * 1000))
+    _say(f"seeded {seeded['seeded']:,} customers into the state in {seeded['seed_s']:.1f}s")
+    return seeded
 
 
 def _quiet() -> None:

@@ -70,7 +70,8 @@ class StateDB:
         self.path = path
         self.counters = DBCounters()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=120.0)
+        _remove_stale_exports(path.parent)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=120.0, uri=True)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
@@ -298,6 +299,57 @@ class StateDB:
             out[table] = frame
         return out
 
+    # --- snapshots as SQLite files (copied in C, no Python per row) ----------------------------
+    def _all_tables(self) -> list[str]:
+        return [*_KEYS, *(f"{t}_retired" for t in _RETIRED)]
+
+    def export_bucket(self, bucket: int, path: Path) -> int:
+        """Write every row of ``bucket`` to a new SQLite file at ``path``; returns its rows.
+
+        One read transaction: the file holds the bucket exactly as of this moment. The file has
+        the working copy's tables (bucket column included), without keys or indexes.
+        """
+        path.unlink(missing_ok=True)
+        self.db.execute("ATTACH DATABASE ? AS snap", (str(path),))
+        try:
+            self.db.execute("BEGIN")
+            rows = 0
+            for table in self._all_tables():
+                self.db.execute(
+                    f"CREATE TABLE snap.{table} AS SELECT * FROM main.{table} WHERE bucket = ?",
+                    (int(bucket),),
+                )
+                rows += self.db.execute(f"SELECT count(*) FROM snap.{table}").fetchone()[0]
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self.db.execute("DETACH DATABASE snap")
+        return rows
+
+    def import_bucket(self, bucket: int, path: Path) -> None:
+        """Replace ``bucket``'s rows with those of a file :meth:`export_bucket` wrote.
+
+        Attaches the file read-only and immutable (safe on a shared filesystem); one write
+        transaction. Raises FileNotFoundError when the file is gone (a cleaning took it).
+        """
+        if not path.exists():
+            raise FileNotFoundError(path)
+        uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        self.db.execute("ATTACH DATABASE ? AS snap", (uri,))
+        try:
+            with self.transaction():
+                self.drop_buckets([bucket])
+                for table in self._all_tables():
+                    self.db.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
+        except sqlite3.OperationalError as exc:
+            if not path.exists():
+                raise FileNotFoundError(path) from exc
+            raise
+        finally:
+            self.db.execute("DETACH DATABASE snap")
+
     def scan(self, table: str, buckets: list[int], chunk_rows: int) -> Iterator[pd.DataFrame]:
         """Every row of ``table`` in ``buckets``, in key order, ``chunk_rows`` at a time (flat,
         typed as in state, with the ``bucket`` column)."""
@@ -363,6 +415,19 @@ class StateDB:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _remove_stale_exports(folder: Path, older_than_s: float = 3600.0) -> None:
+    """Snapshot exports a crashed process left behind (``.snapshot-*.tmp``, over an hour old)."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    for leftover in folder.glob(".snapshot-*.tmp"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:
+            pass  # another process took it
 
 
 def _column_lists(rows: list[tuple[object, ...]], columns: list[str]) -> dict[str, list[object]]:

@@ -327,3 +327,52 @@ def test_a_checkpoint_resumes_with_more_and_fewer_tasks_and_equals_an_uninterrup
         resized, resized.topic_customer_profiles, "customer_id", "customer_profile"
     )
     assert_profiles_match(latest, want_c)
+
+
+def test_idle_customers_expire_from_state_and_redis_and_come_back_afresh(
+    spark: Any, settings: Settings
+) -> None:
+    """state_ttl_hours on a running checkpoint: idle entities leave the state (and Redis, asked)."""
+    from storeml.batch.latest import export_latest_profiles
+    from storeml.connectors.profile_files import read_profiles
+    from storeml.connectors.synthetic import SyntheticEvent
+    from storeml.streams.enrich import start_enrichment
+
+    settings = settings.model_copy(
+        update={"state_ttl_hours": 2 / 3600, "state_expire_redis": True, "shadow_alias": ""}
+    )
+    first = produce(settings, GeneratorConfig(stores=3, events=1_500, seed=41))
+
+    def run() -> list[Any]:
+        query, handler = start_enrichment(spark, settings, available_now=True)
+        query.awaitTermination(600)
+        assert query.exception() is None
+        return handler.reports
+
+    run()
+    before = redis_profiles(settings, "customer")
+    order = next(e.record for e in first if e.topic_kind == "orders" and e.record)
+    key = f":{{{order['store_id']}}}:customer:{order['customer_id']}"
+    old = before[key]
+    time.sleep(3)  # everyone is now idle for longer than the 2 s limit
+    codec = get_codec("order_event")
+    again = {**order, "order_id": "again-1", "event_time": order["event_time"] + 1}
+    produce_events(
+        settings.kafka_config(),
+        [SyntheticEvent("orders", f"{order['store_id']}|x".encode(), again, codec.encode(again))],
+        settings.topic_orders,
+        settings.topic_products,
+    )
+    reports = run()
+    assert sum(r.state.get("expired", 0) for r in reports) >= len(before) - 1
+
+    # the state holds only what the last batch touched; the customer starts afresh
+    export_latest_profiles(spark, settings, settings.home / "latest")
+    customers = read_profiles(settings.home / "latest", "customer")
+    assert [(c["store_id"], c["customer_id"]) for c in customers] == [
+        (order["store_id"], order["customer_id"])
+    ]
+    after = redis_profiles(settings, "customer")
+    assert list(after) == [key]  # the others were deleted from Redis (state_expire_redis)
+    assert int(after[key]["order_count"]) == 1
+    assert int(after[key]["profile_version"]) == int(old["profile_version"]) + 1
