@@ -36,6 +36,7 @@ from storeml.models.profiles import (
     STATE_COLUMNS,
     ProfileState,
     StateDelta,
+    add_empty_rows,
     state_table,
 )
 
@@ -214,7 +215,8 @@ class StateDB:
                 f" JOIN {table}_retired r ON {join.replace('s.', 'r.')}"
             ).fetchall()
             if retired:
-                setattr(out, table, _reborn(getattr(out, table), table, retired))
+                versions = pd.DataFrame.from_records(retired, columns=[*key, "profile_version"])
+                setattr(out, table, add_empty_rows(getattr(out, table), table, versions))
         return out
 
     def write(self, delta: StateDelta, expired: dict[str, pd.DataFrame] | None = None) -> None:
@@ -434,22 +436,6 @@ def _column_lists(rows: list[tuple[object, ...]], columns: list[str]) -> dict[st
     if not rows:
         return {}
     return dict(zip(columns, (list(c) for c in zip(*rows, strict=True)), strict=True))
-
-
-def _reborn(state: pd.DataFrame, table: str, retired: list[tuple[object, ...]]) -> pd.DataFrame:
-    """``state`` plus an empty row holding the last version of each expired entity not in it."""
-    key = _KEYS[table]
-    frame = pd.DataFrame.from_records(retired, columns=[*key, "profile_version"])
-    frame = frame.set_index(key)
-    frame = frame[~frame.index.isin(state.index)]
-    if frame.empty:
-        return state
-    for column, dtype in STATE_COLUMNS[table].items():
-        if column != "profile_version":
-            frame[column] = 0 if dtype == "int64" else None
-    flat = frame.reset_index()
-    empty = state_table(table, {c: flat[c].tolist() for c in flat.columns})
-    return pd.concat([state, empty]) if len(state) else empty
 
 
 def _flat_frame(table: str, rows: list[tuple[object, ...]], columns: list[str]) -> pd.DataFrame:

@@ -37,7 +37,8 @@ __all__ = [
     "facts_frame",
     "fold",
     "apply_delta",
-    "drop_entities",
+    "restart_entities",
+    "add_empty_rows",
     "stamp_delta",
     "state_table",
     "customer_profiles",
@@ -268,11 +269,12 @@ def apply_delta(state: ProfileState, delta: StateDelta) -> ProfileState:
     )
 
 
-def drop_entities(state: ProfileState, gone: dict[str, pd.DataFrame]) -> ProfileState:
-    """``state`` without the entities in ``gone`` ("customers"/"products" frames with key columns).
+def restart_entities(state: ProfileState, gone: dict[str, pd.DataFrame]) -> ProfileState:
+    """``state`` with the entities in ``gone`` started afresh (idle expiry).
 
-    A dropped customer's category rows go too. Used for idle expiry: an expired entity that has
-    an event in the same batch starts afresh.
+    ``gone`` maps "customers"/"products" to frames of key columns and ``profile_version``. Each
+    such entity's row becomes an empty one that keeps its ``profile_version`` (so its next profile
+    still counts upwards), and an expired customer's category rows go.
     """
     if not gone:
         return state
@@ -282,11 +284,29 @@ def drop_entities(state: ProfileState, gone: dict[str, pd.DataFrame]) -> Profile
         if keys is None or keys.empty:
             continue
         index = pd.MultiIndex.from_frame(keys[key])
-        setattr(out, table, getattr(out, table)[~getattr(out, table).index.isin(index)])
+        kept = getattr(out, table)[~getattr(out, table).index.isin(index)]
+        setattr(out, table, add_empty_rows(kept, table, keys[[*key, "profile_version"]]))
         if table == "customers" and len(out.categories):
             owners = out.categories.index.droplevel("category")
             out.categories = out.categories[~owners.isin(index)]
     return out
+
+
+def add_empty_rows(state: pd.DataFrame, table: str, versions: pd.DataFrame) -> pd.DataFrame:
+    """``state`` plus an empty row, holding only ``profile_version``, for each key of ``versions``
+    (key columns and ``profile_version``) not in it: an entity that starts afresh."""
+    key = _KEY_OF[table]
+    versions = versions[~pd.MultiIndex.from_frame(versions[key]).isin(state.index)]
+    if versions.empty:
+        return state
+    columns: dict[str, list[object]] = {c: versions[c].tolist() for c in key}
+    for column, dtype in STATE_COLUMNS[table].items():
+        if column == "profile_version":
+            columns[column] = versions["profile_version"].astype("int64").tolist()
+        else:
+            columns[column] = [0 if dtype == "int64" else None] * len(versions)
+    empty = state_table(table, columns)
+    return pd.concat([state, empty]) if len(state) else empty
 
 
 def stamp_delta(delta: StateDelta, buckets: int, touched_ms: int) -> StateDelta:

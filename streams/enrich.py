@@ -650,9 +650,9 @@ def fold_step(
         ProfileState,
         apply_delta,
         customer_profiles,
-        drop_entities,
         fold,
         product_profiles,
+        restart_entities,
         stamp_delta,
     )
 
@@ -665,7 +665,7 @@ def fold_step(
         store.prepare(mine, batch_id - 1)
         if ttl_ms:
             expired = store.idle(mine, batch_ts_ms - ttl_ms)
-        state = drop_entities(store.read(facts), expired)
+        state = restart_entities(store.read(facts), expired)
     lap("state_s")
     delta = fold(state, facts)
     after = apply_delta(state, delta)
