@@ -224,7 +224,7 @@ def recompute(
     job = enrich_facts(facts, task, labels, partitions, chunked=True)
     context.setJobDescription(f"storeml recompute from {source}")
     batch_rows = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous = spark.conf.get(batch_rows)
+    previous = spark.conf.get(batch_rows) or "10000"
     spark.conf.set(batch_rows, str(settings.task_chunk_rows))
     try:
         if progress:

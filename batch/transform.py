@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from pyspark.accumulators import AccumulatorParam
 
 from storeml.errors import ConfigError, ConnectorError, ModelError
 from storeml.settings import Settings
@@ -223,7 +224,7 @@ def _check_columns(frame: DataFrame, kind: str, label: str) -> list[str]:
     return inputs
 
 
-class _Max:
+class _Max(AccumulatorParam[int]):
     """Accumulator parameter: the largest value any task saw."""
 
     def zero(self, value: int) -> int:
@@ -338,7 +339,7 @@ def batch_transform(
     spark.sparkContext.setJobDescription(f"storeml batch-transform {kind} {name}@{alias} {day}")
     files = _HadoopFiles(spark)
     batch_rows = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous = spark.conf.get(batch_rows)
+    previous = spark.conf.get(batch_rows) or "10000"
     spark.conf.set(batch_rows, str(settings.task_chunk_rows))
     try:
         scored_frame.write.mode("error").partitionBy("store_id").parquet(staging)
