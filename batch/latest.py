@@ -51,7 +51,7 @@ def export_latest_profiles(
     spark: SparkSession, settings: Settings, output: str | Path
 ) -> LatestSummary:
     """Write the stream's latest profiles under ``output`` (``<output>/customer|product/``)."""
-    from storeml.streams.enrich import _check_checkpoint
+    from storeml.streams.enrich import check_checkpoint
 
     started = time.perf_counter()
     checkpoint = settings.checkpoint_path
@@ -60,7 +60,7 @@ def export_latest_profiles(
             f"{checkpoint}: no stream checkpoint here, so no latest profiles to score; run the"
             " stream (storeml run) first, set STOREML_CHECKPOINT_DIR, or recompute from history"
         )
-    _check_checkpoint(checkpoint, settings)  # same state layout
+    check_checkpoint(checkpoint, settings)  # same state layout
     root = str(checkpoint / "profile-state")
     version = latest_version(root)
     tasks = settings.shuffle_partitions
@@ -96,7 +96,7 @@ def _export_task(options: dict[str, Any], partitions: Any) -> Any:
     from storeml.connectors.state_store import StateStore, task_buckets
     from storeml.models.profiles import to_records
     from storeml.models.serving import Scorer, score_kind
-    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS
+    from storeml.streams.publish import CUSTOMER_FIELDS, PRODUCT_FIELDS
 
     for partition in partitions:
         mine = task_buckets(partition, options["tasks"], options["buckets"])

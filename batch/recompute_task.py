@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from storeml.streams.enrich import JobContext
+from storeml.streams.context import JobContext
 
 __all__ = ["recompute_task", "state_profiles"]
 
@@ -52,7 +52,8 @@ def recompute_task(
             source_ranges,
             stamp_delta,
         )
-        from storeml.streams.enrich import Published, metrics_frame, model_versions
+        from storeml.streams.publish import Published, publish_profiles
+        from storeml.streams.tasks import metrics_frame, model_versions
 
         timings: dict[str, float] = {}
         mark = time.perf_counter()
@@ -97,7 +98,9 @@ def recompute_task(
             ):
                 lap("fold_s")
                 part = f"{mine[0]}-{part_no:05d}"
-                done.add(_publish(ctx, customer_rows, product_rows, handles, shadows, part, lap))
+                done.add(
+                    publish_profiles(ctx, customer_rows, product_rows, handles, shadows, part, lap)
+                )
                 chunk_no += 1
         finally:
             db.close()
@@ -166,9 +169,3 @@ def _with_bucket(ranges: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
     out = ranges.copy()
     out.insert(0, "bucket", out["store_id"].map(buckets).astype("int64"))
     return out
-
-
-def _publish(*args: Any) -> Any:
-    from storeml.streams.enrich import publish_profiles
-
-    return publish_profiles(*args)

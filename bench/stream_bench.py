@@ -557,7 +557,7 @@ def run_baseline_a(
     from storeml.models.events import validate_order, validate_product
     from storeml.models.scoring import TOP_K, customer_features
     from storeml.schemas.codec import get_codec
-    from storeml.streams.enrich import profile_headers
+    from storeml.streams.publish import profile_headers
 
     order_codec, product_codec = get_codec("order_event"), get_codec("product_event")
     customer_codec, product_profile_codec = (
@@ -764,7 +764,7 @@ def run_baseline_b(
     )
     from storeml.models.scoring import score_customers, score_products
     from storeml.schemas.codec import get_codec
-    from storeml.streams.enrich import CUSTOMER_FIELDS, PRODUCT_FIELDS, encode_profiles
+    from storeml.streams.publish import CUSTOMER_FIELDS, PRODUCT_FIELDS, encode_profiles
 
     routes = {
         settings.topic_orders: (get_codec("order_event"), validate_order, FactColumns.add_order),

@@ -157,7 +157,7 @@ class StateStore:
         *,
         snapshot_every: int = 20,
         retain: int = 50,
-        cache_mb: int = 64,
+        cache_mb: int = 256,
         expiry: bool = False,
     ) -> None:
         self.root = Path(root)

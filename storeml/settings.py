@@ -214,10 +214,11 @@ class Settings(BaseSettings):
         " Must be on each executor's local disk, not a shared folder.",
     )
     state_cache_mb: int = Field(
-        default=64,
+        default=256,
         ge=1,
-        description="SQLite page cache per connection to the state copy, in MiB: the memory the"
-        " state costs a worker, whatever the number of entities.",
+        description="Memory the state costs a worker, in MiB, whatever the number of entities: at"
+        " most this much of the working copy is memory-mapped (clean pages of the OS page cache,"
+        " shared by the host's workers), plus a SQLite page cache of at most 32 MiB.",
     )
     state_ttl_hours: float = Field(
         default=0.0,

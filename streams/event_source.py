@@ -32,7 +32,8 @@ from storeml.connectors.kafka_source import (
     parse_options,
 )
 from storeml.errors import ConfigError
-from storeml.streams.enrich import JobContext, decode_frames, decode_schema
+from storeml.streams.context import JobContext
+from storeml.streams.decode import decode_frames, decode_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa

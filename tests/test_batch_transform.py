@@ -26,7 +26,7 @@ from storeml.models.profiles import to_records
 from storeml.models.serving import Scorer, score_kind
 from storeml.models.store_models import ModelCache
 from storeml.settings import Settings, load_settings
-from storeml.streams.enrich import CUSTOMER_FIELDS
+from storeml.streams.publish import CUSTOMER_FIELDS
 from tests.test_models import _facts, _profiles
 
 NEW_STORE = "store-new"

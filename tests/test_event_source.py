@@ -10,7 +10,9 @@ from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.settings import Settings
-from storeml.streams.enrich import DECODE_STATS, job_context, source_options
+from storeml.streams.context import job_context
+from storeml.streams.decode import DECODE_STATS
+from storeml.streams.enrich import source_options
 from storeml.streams.event_source import EVENT_SOURCE_NAME, EventSource, context_option
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from storeml.connectors.state_store import (
 from storeml.errors import StateError
 from storeml.models.events import ORDER, facts_from_events
 from storeml.models.profiles import ProfileState, fold
-from storeml.streams.enrich import fold_step
+from storeml.streams.state_step import fold_step
 from tests.test_profiles import Event, synthetic_events
 
 BUCKETS = 16
