@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,16 +52,10 @@ def recompute_task(
             stamp_delta,
         )
         from storeml.streams.publish import Published, publish_profiles
-        from storeml.streams.tasks import metrics_frame, model_versions
+        from storeml.streams.tasks import StageTimer, metrics_frame, model_versions
 
-        timings: dict[str, float] = {}
-        mark = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            timings[name] = timings.get(name, 0.0) + now - mark
-            mark = now
+        timer = StageTimer()
+        lap = timer.lap
 
         first = next(chunks, None)
         if first is None:
@@ -106,7 +99,9 @@ def recompute_task(
             db.close()
             shutil.rmtree(scratch, ignore_errors=True)
         info = {"chunks": folded, "max_chunk_rows": largest, "publish_chunks": chunk_no}
-        yield metrics_frame(mine, fact_count, done, timings, model_versions(handles, shadows), info)
+        yield metrics_frame(
+            mine, fact_count, done, timer.seconds, model_versions(handles, shadows), info
+        )
 
     return run
 

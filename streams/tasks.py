@@ -21,6 +21,7 @@ from storeml.streams.publish import Published, expire_profiles, publish_profiles
 from storeml.streams.state_step import fold_step, state_store
 
 __all__ = [
+    "StageTimer",
     "TASK_STAGES",
     "METRICS_SCHEMA",
     "enrich_task",
@@ -47,6 +48,19 @@ METRICS_SCHEMA = (
 _COUNTS = ("facts", "customers", "products", "redis_written", "redis_skipped")
 
 
+class StageTimer:
+    """Seconds a task spends per stage: ``lap(name)`` adds the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+
+
 def enrich_task(
     ctx: JobContext,
     batch_id: int | None,
@@ -70,14 +84,8 @@ def enrich_task(
         from storeml.connectors.event_lake import EventLakeSink
         from storeml.models.profiles import facts_frame
 
-        timings: dict[str, float] = {}
-        mark = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            timings[name] = timings.get(name, 0.0) + now - mark
-            mark = now
+        timer = StageTimer()
+        lap = timer.lap
 
         if ctx.lake_root is not None:
             raw = pdf.loc[pdf["raw_value"].notna()]
@@ -124,7 +132,7 @@ def enrich_task(
             sorted(int(b) for b in pdf["bucket"].unique()),
             fact_count,
             done,
-            timings,
+            timer.seconds,
             model_versions(handles, shadows),
             step.state_info,
         )

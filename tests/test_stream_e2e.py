@@ -76,6 +76,21 @@ def latest_from_topic(settings: Settings, topic: str, id_field: str, schema: str
     return latest
 
 
+def variant(base: Settings, name: str, tmp_path: Path) -> Settings:
+    """``base`` with its own output topics, Redis prefix and checkpoint (same input topics)."""
+    s = base.model_copy(
+        update={
+            "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
+            "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
+            "topic_dead_letter": f"{base.topic_dead_letter}.{name}",
+            "redis_prefix": f"{base.redis_prefix}:{name}",
+            "checkpoint_dir": tmp_path / name,
+        }
+    )
+    ensure_topics(s.kafka_config(), s.topics, 3)
+    return s
+
+
 def redis_profiles(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
     store = FeatureStore(settings.redis_url, settings.redis_prefix)
     out = {}
@@ -201,20 +216,7 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(
     train_on_synthetic(base, stores=5, events=5_000, seed=21)
     produce(base, GeneratorConfig(stores=5, events=12_000, seed=9, malformed_fraction=0.005))
 
-    def variant(name: str) -> Settings:
-        s = base.model_copy(
-            update={
-                "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
-                "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
-                "topic_dead_letter": f"{base.topic_dead_letter}.{name}",
-                "redis_prefix": f"{base.redis_prefix}:{name}",
-                "checkpoint_dir": tmp_path / name,
-            }
-        )
-        ensure_topics(s.kafka_config(), s.topics, 3)
-        return s
-
-    crashed, clean = variant("crashed"), variant("clean")
+    crashed, clean = variant(base, "crashed", tmp_path), variant(base, "clean", tmp_path)
     log = tmp_path / "stream.log"
 
     # run, and kill -9 the whole process group once two micro-batches have committed
@@ -279,18 +281,6 @@ def test_a_checkpoint_resumes_with_more_and_fewer_tasks_and_equals_an_uninterrup
     events = list(generate(GeneratorConfig(stores=5, events=9_000, seed=29)))
     thirds = [events[:3_000], events[3_000:6_000], events[6_000:]]
 
-    def variant(name: str) -> Settings:
-        s = base.model_copy(
-            update={
-                "topic_customer_profiles": f"{base.topic_customer_profiles}.{name}",
-                "topic_product_profiles": f"{base.topic_product_profiles}.{name}",
-                "redis_prefix": f"{base.redis_prefix}:{name}",
-                "checkpoint_dir": tmp_path / name,
-            }
-        )
-        ensure_topics(s.kafka_config(), s.topics, 3)
-        return s
-
     def run(s: Settings, tasks: int) -> list[Any]:
         spark.conf.set("spark.sql.shuffle.partitions", str(tasks))
         try:
@@ -303,7 +293,7 @@ def test_a_checkpoint_resumes_with_more_and_fewer_tasks_and_equals_an_uninterrup
             spark.conf.set("spark.sql.shuffle.partitions", "2")
         return handler.reports
 
-    resized, whole = variant("resized"), variant("whole")
+    resized, whole = variant(base, "resized", tmp_path), variant(base, "whole", tmp_path)
     tasks_seen = []
     for part, tasks in zip(thirds, (2, 4, 2), strict=True):
         produce_events(base.kafka_config(), part, base.topic_orders, base.topic_products)
