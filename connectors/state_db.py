@@ -159,18 +159,6 @@ class StateDB:
             [(int(b), version) for b in buckets],
         )
 
-    def snapshot_versions(self, buckets: Iterable[int]) -> dict[int, int]:
-        wanted = list(buckets)
-        marks = ",".join("?" * len(wanted))
-        return dict(
-            self.db.execute(
-                f"SELECT bucket, snapshot FROM buckets WHERE bucket IN ({marks})", wanted
-            ).fetchall()
-        )
-
-    def set_snapshot(self, bucket: int, version: int) -> None:
-        self.db.execute("UPDATE buckets SET snapshot = ? WHERE bucket = ?", (version, bucket))
-
     def drop_buckets(self, buckets: Iterable[int]) -> None:
         """Forget every row of ``buckets`` (before a rebuild)."""
         for bucket in buckets:
