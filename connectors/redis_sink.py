@@ -10,29 +10,66 @@ Scalars are stored as their string form, lists and records (top_categories, pred
 model, source) as JSON; null fields are absent. Every write goes through a Lua guard that replaces the
 hash only when the incoming ``profile_version`` is not older than the stored one, so a replayed or
 late write can never overwrite a newer profile, and a replay of the same batch rewrites identical
-values.
+values. A profile published unscored because its model failed (``model.scope`` "unavailable")
+keeps the stored score and the ``model`` that produced it (:data:`KEEP_WHEN_UNAVAILABLE`).
+
+Writes ride out a Redis outage: a connection error or timeout is retried with exponential backoff
+(0.2 s doubling to 5 s) for up to ``retry_seconds``; the guard makes the repeated part of a
+pipeline harmless.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from storeml.connectors.base import Sink
 from storeml.errors import ConnectorError
 
-__all__ = ["RedisProfileSink", "FeatureStore", "profile_key", "encode_fields", "decode_fields"]
+__all__ = [
+    "RedisProfileSink",
+    "FeatureStore",
+    "KEEP_WHEN_UNAVAILABLE",
+    "profile_key",
+    "encode_fields",
+    "decode_fields",
+]
 
+log = logging.getLogger("storeml.redis")
+
+# ARGV: profile_version, K, K field names to keep when the hash has them, then field/value pairs.
 _GUARDED_REPLACE = """
 local current = redis.call('HGET', KEYS[1], 'profile_version')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
+local keep = tonumber(ARGV[2])
+local kept = {}
+for i = 3, 2 + keep do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value then
+    kept[#kept + 1] = ARGV[i]
+    kept[#kept + 1] = value
+  end
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3 + keep))
+if #kept > 0 then
+  redis.call('HSET', KEYS[1], unpack(kept))
+end
 return 1
 """
+
+#: Fields an unscored write keeps from the stored hash (scope "unavailable": the model that
+#: should have scored the profile failed), so that a failure never erases a score.
+KEEP_WHEN_UNAVAILABLE = {
+    "customer": ("propensity", "model"),
+    "product": ("predicted_categories", "model"),
+}
 
 _GUARDED_DELETE = """
 local current = redis.call('HGET', KEYS[1], 'profile_version')
@@ -83,19 +120,30 @@ def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     return out
 
 
+def _kept(record: Mapping[str, Any], keep: tuple[str, ...]) -> tuple[str, ...]:
+    """The fields this write keeps from the stored hash: the score, when the model failed."""
+    model = record.get("model")
+    if keep and isinstance(model, Mapping) and model.get("scope") == "unavailable":
+        return keep
+    return ()
+
+
 class RedisProfileSink(Sink):
     """Writes profiles to Redis through the version guard, one pipeline per call."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, retry_seconds: float = 300.0) -> None:
         self.url = url
         self.prefix = prefix
+        self.retry_seconds = retry_seconds
 
     def setup(self) -> None:
         import redis
 
         try:
             self._client = redis.Redis.from_url(self.url, socket_timeout=30)
-            self._sha = self._client.script_load(_GUARDED_REPLACE)
+            # loaded on first use (NoScriptError), so that a worker starting while Redis is
+            # down waits for it like any write does
+            self._sha = hashlib.sha1(_GUARDED_REPLACE.encode()).hexdigest()
         except redis.RedisError as exc:
             raise ConnectorError(
                 f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL"
@@ -105,33 +153,51 @@ class RedisProfileSink(Sink):
         self, kind: str, records: Iterable[Mapping[str, Any]], id_field: str
     ) -> tuple[int, int]:
         """Write profile records; returns (written, skipped because a newer one was stored)."""
-        import redis
 
         self.ensure_setup()
+        keep = KEEP_WHEN_UNAVAILABLE.get(kind, ())
         calls = [
             (
                 profile_key(self.prefix, kind, record["store_id"], record[id_field]),
                 record["profile_version"],
+                _kept(record, keep),
                 encode_fields(record),
             )
             for record in records
         ]
         if not calls:
             return 0, 0
-        try:
-            try:
-                results = self._execute(calls)
-            except redis.exceptions.NoScriptError:
-                # Redis restarted or flushed its scripts: load the guard again and rerun the
-                # pipeline (the guard makes the writes that did go through harmless to repeat)
-                self._sha = self._client.script_load(_GUARDED_REPLACE)
-                results = self._execute(calls)
-        except redis.RedisError as exc:
-            raise ConnectorError(
-                f"Redis write of {len(calls)} {kind} profiles failed: {exc}"
-            ) from exc
+        results = self._with_retry(
+            lambda: self._execute(calls), f"Redis write of {len(calls)} {kind} profiles"
+        )
         written = sum(1 for r in results if r == 1)
         return written, len(calls) - written
+
+    def _with_retry(self, run: Any, what: str) -> Any:
+        """``run()``, retried through connection errors and timeouts for ``retry_seconds``."""
+        import redis
+
+        deadline = time.monotonic() + self.retry_seconds
+        pause = 0.2
+        while True:
+            try:
+                try:
+                    return run()
+                except redis.exceptions.NoScriptError:
+                    # Redis restarted or flushed its scripts: load the guard again and rerun
+                    # (the guard makes the writes that did go through harmless to repeat)
+                    self._sha = self._client.script_load(_GUARDED_REPLACE)
+                    return run()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ConnectorError(
+                        f"{what} failed: Redis unreachable for {self.retry_seconds:.0f}s: {exc}"
+                    ) from exc
+                log.warning("%s: %s; retrying in %.1fs", what, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            except redis.RedisError as exc:
+                raise ConnectorError(f"{what} failed: {exc}") from exc
 
     def delete(self, kind: str, entities: Iterable[tuple[str, str, int]]) -> int:
         """Delete the profiles of ``(store_id, entity_id, profile_version)`` (idle expiry).
@@ -139,7 +205,6 @@ class RedisProfileSink(Sink):
         Guarded like the writes: a profile newer than the given version stays. Returns how many
         were deleted.
         """
-        import redis
 
         self.ensure_setup()
         calls = [
@@ -148,22 +213,23 @@ class RedisProfileSink(Sink):
         ]
         if not calls:
             return 0
-        try:
+
+        def run() -> int:
             pipe = self._client.pipeline(transaction=False)
             for key, version in calls:
                 pipe.eval(_GUARDED_DELETE, 1, key, version)
             return sum(int(r) for r in pipe.execute())
-        except redis.RedisError as exc:
-            raise ConnectorError(
-                f"Redis delete of {len(calls)} expired {kind} profiles failed: {exc}"
-            ) from exc
 
-    def _execute(self, calls: list[tuple[str, Any, list[str]]]) -> list[Any]:
+        return int(
+            self._with_retry(run, f"Redis delete of {len(calls)} expired {kind} profiles")
+        )
+
+    def _execute(self, calls: list[tuple[str, Any, tuple[str, ...], list[str]]]) -> list[Any]:
         """One pipeline of EVALSHA calls of the guard (cheaper per call than redis-py's Script)."""
         pipe = self._client.pipeline(transaction=False)
         command = pipe.execute_command
-        for key, version, fields in calls:
-            command("EVALSHA", self._sha, 1, key, version, *fields)
+        for key, version, keep, fields in calls:
+            command("EVALSHA", self._sha, 1, key, version, len(keep), *keep, *fields)
         return pipe.execute()
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ and the record layout consumers see (:func:`encode_profiles`, :func:`profile_hea
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import pandas as pd
 from storeml.streams.context import JobContext, client
 
 __all__ = [
+    "MAX_FAULTS",
     "CUSTOMER_FIELDS",
     "PRODUCT_FIELDS",
     "Published",
@@ -24,6 +26,8 @@ __all__ = [
     "encode_profiles",
     "profile_headers",
 ]
+
+log = logging.getLogger("storeml.stream")
 
 CUSTOMER_FIELDS = [
     "store_id",
@@ -82,6 +86,9 @@ def profile_headers(record: Mapping[str, Any], schema: str) -> list[tuple[str, b
     )
 
 
+#: Faults a task reports in detail (the count is always complete).
+MAX_FAULTS = 100
+
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -132,10 +139,22 @@ class Published:
     redis_skipped: int = 0
     stores: dict[str, list[int]] = field(default_factory=dict)
     cache: dict[str, float] = field(default_factory=dict)
+    #: Model failures while scoring (:meth:`storeml.models.serving.Fault.as_dict`), at most
+    #: :data:`MAX_FAULTS` of them; ``fault_count`` counts them all.
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    fault_count: int = 0
 
     def add(self, other: Published) -> None:
-        for name in ("customers", "products", "kafka_records", "redis_written", "redis_skipped"):
+        for name in (
+            "customers",
+            "products",
+            "kafka_records",
+            "redis_written",
+            "redis_skipped",
+            "fault_count",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.faults = (self.faults + other.faults)[:MAX_FAULTS]
         for store, counts in other.stores.items():
             total = self.stores.setdefault(store, [0, 0])
             total[0] += counts[0]
@@ -161,22 +180,29 @@ def publish_profiles(
     from storeml.connectors.profile_files import write_profiles
     from storeml.connectors.redis_sink import RedisProfileSink
     from storeml.models.profiles import to_records
-    from storeml.models.serving import Scorer, score_kind
+    from storeml.models.serving import Fault, Scorer, score_kind
     from storeml.models.store_models import get_model_cache
 
     cache = get_model_cache(ctx.model_cache_size)
 
     def scorer(handle: Any) -> Scorer:
+        """The opened version; one that cannot be opened leaves its rows to the fallback."""
         if handle is None:
             return Scorer(None, None)
-        return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
+        try:
+            return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
+        except Exception as exc:  # a broken version must not stop every store
+            log.warning("cannot open %s version %s: %s", handle.name, handle.version, exc)
+            return Scorer(None, handle, f"{type(exc).__name__}: {exc}"[:500])
 
+    faults: list[Fault] = []
     customers = score_kind(
         "customer",
         customers,
         scorer(handles.get("customer")),
         scorer(shadows.get("customer")),
         model_name=ctx.customer_model,
+        faults=faults,
     )
     products = score_kind(
         "product",
@@ -184,6 +210,7 @@ def publish_profiles(
         scorer(handles.get("product")),
         scorer(shadows.get("product")),
         model_name=ctx.product_model,
+        faults=faults,
     )
     lap("score_s")
     customer_records = to_records(customers, CUSTOMER_FIELDS)
@@ -201,6 +228,8 @@ def publish_profiles(
         products=len(product_records),
         kafka_records=len(encoded),
         stores=_per_store(customers, products),
+        faults=[f.as_dict() for f in faults[:MAX_FAULTS]],
+        fault_count=len(faults),
     )
     if ctx.publish:
         transactional_id = (
@@ -211,7 +240,9 @@ def publish_profiles(
             producer.produce(topic, record_key, value, headers)
         producer.flush()
         lap("kafka_s")
-        redis_sink: RedisProfileSink = client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
+        redis_sink: RedisProfileSink = client(
+            RedisProfileSink, ctx.redis_url, ctx.redis_prefix, ctx.redis_retry_seconds
+        )
         cw, cs = redis_sink.write("customer", customer_records, "customer_id")
         pw, ps = redis_sink.write("product", product_records, "product_id")
         done.redis_written, done.redis_skipped = cw + pw, cs + ps
@@ -224,7 +255,9 @@ def expire_profiles(ctx: JobContext, expired: dict[str, pd.DataFrame]) -> None:
     """Delete expired entities' profiles from Redis (guarded: a newer profile stays)."""
     from storeml.connectors.redis_sink import RedisProfileSink
 
-    redis_sink: RedisProfileSink = client(RedisProfileSink, ctx.redis_url, ctx.redis_prefix)
+    redis_sink: RedisProfileSink = client(
+        RedisProfileSink, ctx.redis_url, ctx.redis_prefix, ctx.redis_retry_seconds
+    )
     for kind, table, id_field in (
         ("customer", "customers", "customer_id"),
         ("product", "products", "product_id"),

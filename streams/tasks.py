@@ -42,10 +42,11 @@ METRICS_SCHEMA = (
     " redis_written long, redis_skipped long, "
     + ", ".join(f"{name} double" for name in TASK_STAGES)
     + ", models string, pid long, cache string, stores string,"
-    " events long, dead_letters long, decode_s double, state string"
+    " events long, dead_letters long, decode_s double, state string, faults string,"
+    " fault_count long"
 )
 
-_COUNTS = ("facts", "customers", "products", "redis_written", "redis_skipped")
+_COUNTS = ("facts", "customers", "products", "redis_written", "redis_skipped", "fault_count")
 
 
 class StageTimer:
@@ -168,6 +169,8 @@ def metrics_frame(
                 "dead_letters": 0,
                 "decode_s": 0.0,
                 "state": json.dumps(state_info),
+                "faults": json.dumps(done.faults),
+                "fault_count": done.fault_count,
             }
         ]
     )
@@ -187,6 +190,7 @@ def _decode_metrics(stats: pd.DataFrame) -> pd.DataFrame:
         dead_letters=int(stats["decode_dead_letters"].sum()),
         decode_s=float(stats["decode_s"].sum()),
         state="",
+        faults="[]",
     )
     return pd.DataFrame([row])
 
@@ -200,6 +204,7 @@ def batch_totals(metrics: list[Any]) -> dict[str, Any]:
     out["stages"] = {
         name: sum(getattr(row, name) for row in metrics) for name in ("decode_s", *TASK_STAGES)
     }
+    out["faults"] = [fault for row in metrics for fault in json.loads(row.faults or "[]")]
     return out
 
 

@@ -149,6 +149,7 @@ def settings(
         topic_customer_profiles=f"test.{unique}.customer-profiles",
         topic_product_profiles=f"test.{unique}.product-profiles",
         topic_dead_letter=f"test.{unique}.dead-letter",
+        topic_notices=f"test.{unique}.notices",
         redis_prefix=f"test:{unique}",
         customer_model=f"test-{unique}-customers",
         product_model=f"test-{unique}-products",
