@@ -92,7 +92,16 @@ def recompute_task(
                 lap("fold_s")
                 part = f"{mine[0]}-{part_no:05d}"
                 done.add(
-                    publish_profiles(ctx, customer_rows, product_rows, handles, shadows, part, lap)
+                    publish_profiles(
+                        ctx,
+                        customer_rows,
+                        product_rows,
+                        handles,
+                        shadows,
+                        part,
+                        lap,
+                        producer_id=f"recompute-{mine[0]}",
+                    )
                 )
                 chunk_no += 1
         finally:

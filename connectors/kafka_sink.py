@@ -13,6 +13,11 @@ drop a replayed duplicate without decoding the value:
 With ``transactional_id`` set, each :meth:`flush` commits one Kafka transaction (use it on brokers
 that isolate aborted records, i.e. Apache Kafka, with consumers in ``read_committed``); without
 it the producer is idempotent and writes are at least once, which the headers make safe.
+
+A transactional id belongs to one producer at a time: ``init_transactions`` of a new producer with
+the id fences the previous one (a crashed driver's, or another worker process's). A fenced sink
+raises :class:`~storeml.errors.FencedError` and stays unusable; its owner drops it and builds a
+new one (``streams/publish.py`` does, then writes the whole task's records again).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storeml.connectors.base import Sink
-from storeml.errors import ConnectorError
+from storeml.errors import ConnectorError, FencedError
 
 __all__ = ["KafkaRecordSink", "Header"]
 
@@ -51,6 +56,7 @@ class KafkaRecordSink(Sink):
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self._in_transaction = False
+        self.fenced = False
         if self.transactional_id:
             try:
                 self._producer.init_transactions(30)
@@ -64,12 +70,29 @@ class KafkaRecordSink(Sink):
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
+    def _fenced(self, exc: Exception, what: str) -> Exception:
+        """``exc`` as a FencedError when the producer is fenced (or otherwise fatally broken)."""
+        error = exc.args[0] if exc.args else None
+        fatal = bool(getattr(error, "fatal", lambda: False)())
+        if fatal or "fenced" in str(exc).lower():
+            self.fenced = True
+            return FencedError(
+                f"Kafka producer {self.transactional_id!r} {what}: {exc}; another producer took"
+                " its transactional id (a restarted driver or another worker); drop this one"
+            )
+        return ConnectorError(f"Kafka transaction {self.transactional_id!r} {what}: {exc}")
+
     def produce(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()
     ) -> None:
         self.ensure_setup()
+        if self.fenced:
+            raise FencedError(f"Kafka producer {self.transactional_id!r} was fenced; drop it")
         if self.transactional_id and not self._in_transaction:
-            self._producer.begin_transaction()
+            try:
+                self._producer.begin_transaction()
+            except Exception as exc:
+                raise self._fenced(exc, "cannot begin a transaction") from exc
             self._in_transaction = True
         while True:
             try:
@@ -83,6 +106,10 @@ class KafkaRecordSink(Sink):
                 break
             except BufferError:
                 self._producer.poll(0.05)
+            except Exception as exc:  # KafkaException: fatal (fenced) or a bad record
+                if self.transactional_id:
+                    raise self._fenced(exc, "cannot produce") from exc
+                raise ConnectorError(f"cannot produce to {topic!r}: {exc}") from exc
         self._producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -92,10 +119,13 @@ class KafkaRecordSink(Sink):
             try:
                 self._producer.commit_transaction(timeout)
             except Exception as exc:
-                self._producer.abort_transaction(timeout)
-                raise ConnectorError(
-                    f"Kafka transaction {self.transactional_id!r} failed: {exc}"
-                ) from exc
+                error = self._fenced(exc, "cannot commit")
+                if not isinstance(error, FencedError):
+                    try:
+                        self._producer.abort_transaction(timeout)
+                    except Exception as abort_exc:
+                        error = self._fenced(abort_exc, "cannot abort after a failed commit")
+                raise error from exc
             finally:
                 self._in_transaction = False
         remaining = self._producer.flush(timeout)
@@ -108,5 +138,5 @@ class KafkaRecordSink(Sink):
             )
 
     def close(self) -> None:
-        if self._ready:
+        if self._ready and not self.fenced:
             self._producer.flush(10)

@@ -5,7 +5,8 @@
     ├── CodecError           a message could not be encoded or decoded
     │   └── UnknownSchemaError   the message names a writer schema we do not know
     ├── ConnectorError       talking to Kafka, Redis, MLflow or the filesystem failed
-    │   └── StackError       the local stack (broker, Redis, MLflow, Java) could not be started
+    │   ├── StackError       the local stack (broker, Redis, MLflow, Java) could not be started
+    │   └── FencedError      a transactional producer was fenced by a newer one with its id
     ├── StateError           the profile state store is missing a version or is inconsistent
     └── ModelError           a model could not be loaded or failed to score
 
@@ -21,6 +22,7 @@ __all__ = [
     "UnknownSchemaError",
     "ConnectorError",
     "StackError",
+    "FencedError",
     "StateError",
     "ModelError",
 ]
@@ -48,6 +50,13 @@ class ConnectorError(StoremlError):
 
 class StackError(ConnectorError):
     """The local development stack could not be started or reached."""
+
+
+class FencedError(ConnectorError):
+    """A transactional Kafka producer was fenced (a newer producer took its transactional id).
+
+    The producer is unusable: drop it and build a new one, which fences the other in turn.
+    """
 
 
 class StateError(StoremlError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from storeml.streams.context import JobContext, client
+from storeml.streams.context import JobContext, client, drop_client
 
 __all__ = [
     "MAX_FAULTS",
@@ -170,13 +170,14 @@ def publish_profiles(
     shadows: dict[str, Any],
     part: str,
     lap: Callable[[str], None] = lambda name: None,
+    producer_id: str | None = None,
 ) -> Published:
     """Score folded profiles per store, then write them: Parquet files, Kafka, Redis (executor).
 
-    ``part`` names this call's profile files (``ctx.profiles_dir``) and its transactional
-    producer. ``lap`` is called as each stage ends (score_s, encode_s, kafka_s, redis_s).
+    ``part`` names this call's profile files (``ctx.profiles_dir``); ``producer_id`` (default
+    ``part``) its transactional producer, which must be the same for the same task on every
+    run. ``lap`` is called as each stage ends (score_s, encode_s, kafka_s, redis_s).
     """
-    from storeml.connectors.kafka_sink import KafkaRecordSink
     from storeml.connectors.profile_files import write_profiles
     from storeml.connectors.redis_sink import RedisProfileSink
     from storeml.models.profiles import to_records
@@ -233,15 +234,14 @@ def publish_profiles(
     )
     if ctx.publish:
         transactional_id = (
-            f"{ctx.transactional_prefix}-{part}" if ctx.transactional_prefix else None
+            f"{ctx.transactional_prefix}-{producer_id or part}"
+            if ctx.transactional_prefix
+            else None
         )
-        producer: KafkaRecordSink = client(KafkaRecordSink, ctx.kafka, transactional_id)
-        for topic, record_key, value, headers in encoded:
-            producer.produce(topic, record_key, value, headers)
-        producer.flush()
+        _produce(ctx, transactional_id, encoded)
         lap("kafka_s")
         redis_sink: RedisProfileSink = client(
-            RedisProfileSink, ctx.redis_url, ctx.redis_prefix, ctx.redis_retry_seconds
+            RedisProfileSink, ctx.redis, ctx.redis_prefix, ctx.redis_retry_seconds
         )
         cw, cs = redis_sink.write("customer", customer_records, "customer_id")
         pw, ps = redis_sink.write("product", product_records, "product_id")
@@ -251,12 +251,40 @@ def publish_profiles(
     return done
 
 
+def _produce(
+    ctx: JobContext,
+    transactional_id: str | None,
+    encoded: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+) -> None:
+    """Produce and flush (one transaction with an id); a fenced producer is replaced once.
+
+    Several worker processes may each hold a producer for a task's id; the one that last
+    initialised it fenced the others. The records of a fenced transaction were aborted, so they
+    are all written again with a new producer (which fences the other holder in turn).
+    """
+    from storeml.connectors.kafka_sink import KafkaRecordSink
+    from storeml.errors import FencedError
+
+    for attempt in (1, 2):
+        producer: KafkaRecordSink = client(KafkaRecordSink, ctx.kafka, transactional_id)
+        try:
+            for topic, record_key, value, headers in encoded:
+                producer.produce(topic, record_key, value, headers)
+            producer.flush()
+            return
+        except FencedError:
+            drop_client(KafkaRecordSink, ctx.kafka, transactional_id)
+            if attempt == 2:
+                raise
+            log.warning("producer %s was fenced; writing with a new one", transactional_id)
+
+
 def expire_profiles(ctx: JobContext, expired: dict[str, pd.DataFrame]) -> None:
     """Delete expired entities' profiles from Redis (guarded: a newer profile stays)."""
     from storeml.connectors.redis_sink import RedisProfileSink
 
     redis_sink: RedisProfileSink = client(
-        RedisProfileSink, ctx.redis_url, ctx.redis_prefix, ctx.redis_retry_seconds
+        RedisProfileSink, ctx.redis, ctx.redis_prefix, ctx.redis_retry_seconds
     )
     for kind, table, id_field in (
         ("customer", "customers", "customer_id"),

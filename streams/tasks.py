@@ -118,9 +118,16 @@ def enrich_task(
             ctx.state_ttl_ms,
             lap,
         )
-        first_bucket = int(pdf["bucket"].min())  # names this task's files and producer
+        first_bucket = int(pdf["bucket"].min())  # names this task's files
         done = publish_profiles(
-            ctx, step.customers, step.products, handles, shadows, str(first_bucket), lap
+            ctx,
+            step.customers,
+            step.products,
+            handles,
+            shadows,
+            str(first_bucket),
+            lap,
+            producer_id=f"task{first_bucket % partitions}of{partitions}",
         )
         if ctx.publish and ctx.state_expire_redis and step.expired:
             expire_profiles(ctx, step.expired)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import redis
 
 from storeml.connectors.dead_letter import DeadLetterSink
@@ -93,3 +98,42 @@ def test_kafka_sink_delivers_with_headers_and_dead_letters(settings: Settings) -
         "reason": "not an Avro message",
     }
     assert dict(dead.headers)["storeml.source"] == b"orders:1:42"
+
+
+def test_transactional_ids_are_stable_and_a_fenced_producer_is_replaced(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from storeml.errors import FencedError
+    from storeml.streams.context import client, job_context, transactional_prefix
+    from storeml.streams.publish import _produce
+
+    # the same checkpoint gives the same prefix in another process (hash() is salted per process)
+    code = f"from storeml.streams.context import transactional_prefix as t; print(t({'/c/x'!r}))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == transactional_prefix("/c/x")
+
+    ctx = job_context(settings.model_copy(update={"kafka_transactions": True}), str(tmp_path))
+    assert ctx.transactional_prefix == transactional_prefix(str(tmp_path))
+    topic = settings.topic_customer_profiles
+    ensure_topics(ctx.kafka, [topic], 1)
+    tid = f"{ctx.transactional_prefix}-task0of1"
+    mine = client(KafkaRecordSink, ctx.kafka, tid)
+    _produce(ctx, tid, [(topic, b"s|1", b"first", [])])
+    assert client(KafkaRecordSink, ctx.kafka, tid) is mine
+
+    # another worker process takes the id: ours is fenced on its next transaction ...
+    theirs = KafkaRecordSink(ctx.kafka, tid)
+    theirs.produce(topic, b"s|2", b"theirs")
+    theirs.flush()
+    # ... and is dropped and replaced, and every record of the task is written
+    _produce(ctx, tid, [(topic, b"s|3", b"third", []), (topic, b"s|4", b"fourth", [])])
+    assert mine.fenced
+    replacement = client(KafkaRecordSink, ctx.kafka, tid)
+    assert replacement is not mine
+    with pytest.raises(FencedError):  # the other holder is fenced in turn
+        theirs.produce(topic, b"s|5", b"late")
+        theirs.flush()
+    values = {
+        r.value for r in read_all(ctx.kafka, topic, watermark_method_for(settings.kafka_flavor))
+    }
+    assert {b"first", b"theirs", b"third", b"fourth"} <= values
