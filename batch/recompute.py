@@ -133,7 +133,11 @@ def read_history(
     stores: Iterable[str] | None = None,
     until_ms: int | None = None,
 ) -> DataFrame:
-    """Source rows (``topic, partition, offset, key, value``) of every event in the history."""
+    """Source rows (``topic, partition, offset, key, value``) of every event in the history.
+
+    From the topic also the record ``timestamp``, so decoding rejects far-future events as the
+    stream did; the lake holds only events the stream accepted, and no timestamp.
+    """
     if source == "lake":
         from storeml.connectors.event_lake import read_lake
 
@@ -153,7 +157,7 @@ def read_history(
         spark.read.format("storeml_kafka")
         .options(**options)
         .load()
-        .select("topic", "partition", "offset", "key", "value")
+        .select("topic", "partition", "offset", "timestamp", "key", "value")
     )
 
 

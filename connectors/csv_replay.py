@@ -5,7 +5,9 @@ into one ``OrderEvent`` when an order-id column is mapped (lines of the same ord
 ``group_window`` rows of each other: logs list an order's lines together, and the window keeps
 memory bounded on big files; an order is produced when its group closes, so orders may come out
 up to ``group_window`` rows later than their first line). Without an order-id column every row is
-an order of one line, with order id ``<file name>:<row>``.
+an order of one line, with order id ``<file name>-<row>`` (characters ids may not hold replaced by
+``_``). Store, customer, product and order ids must follow the stream's id rules
+(:mod:`storeml.schemas.rules`; ``error_type="BadId"``), line totals its money bound.
 
 Money is exact: the amount (the unit price) is parsed as a ``Decimal`` and converted to minor
 units with ROUND_HALF_UP ("19.99" USD -> 1999, "0.015" -> 2, "1500" JPY -> 1500); no float is
@@ -41,6 +43,8 @@ from storeml.connectors.event_producer import EventProducer
 from storeml.connectors.synthetic import SyntheticEvent
 from storeml.errors import ConfigError, ConnectorError
 from storeml.schemas.codec import get_codec
+from storeml.schemas.currencies import CURRENCY_EXPONENTS, is_currency
+from storeml.schemas.rules import MAX_AMOUNT_MINOR, id_problem, printable
 
 __all__ = [
     "BadRow",
@@ -54,17 +58,12 @@ __all__ = [
     "replay_csv",
 ]
 
-#: ISO 4217 currencies whose minor unit is not 1/100 (the rest use 2 decimals).
-CURRENCY_EXPONENTS: dict[str, int] = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG"), 0),
-    **dict.fromkeys(("RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
 
 log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._~@-]")  # the file name in a generated order id
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,10 @@ class CsvMapping:
     encoding: str = "utf-8-sig"
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Z]{3}", self.currency):
+        if not is_currency(self.currency):
             raise ConfigError(
-                f"CsvMapping: currency {self.currency!r} is not an ISO 4217 code such as 'USD'"
+                f"CsvMapping: currency {self.currency!r} is not an ISO 4217 code with a minor unit"
+                " such as 'USD' (storeml.schemas.currencies)"
             )
         if self.group_window < 1:
             raise ConfigError(f"CsvMapping: group_window={self.group_window} must be >= 1")
@@ -304,6 +304,12 @@ def iter_csv_events(path: str | Path, mapping: CsvMapping) -> Iterator[Synthetic
                     mapping.currency,
                 )
                 continue
+            while open_orders:  # close the orders whose window ended, before this row joins one
+                oldest = next(iter(open_orders.values()))
+                if row_number - oldest.last_row <= mapping.group_window:
+                    break
+                open_orders.popitem(last=False)
+                yield _event(codec, oldest, mapping.currency)
             key = (store_id, order_id)
             order = open_orders.get(key)
             if order is None:
@@ -331,12 +337,6 @@ def iter_csv_events(path: str | Path, mapping: CsvMapping) -> Iterator[Synthetic
                 order.last_row = row_number
                 order.event_time = min(order.event_time, event_time)
                 open_orders.move_to_end(key)
-            while open_orders:
-                oldest = next(iter(open_orders.values()))
-                if row_number - oldest.last_row <= mapping.group_window:
-                    break
-                open_orders.popitem(last=False)
-                yield _event(codec, oldest, mapping.currency)
         for order in open_orders.values():
             yield _event(codec, order, mapping.currency)
 
@@ -389,14 +389,32 @@ def _parse_row(
             )
         if quantity < 1:
             return "BadQuantity", f"quantity {quantity} < 1 (column {mapping.quantity!r})"
+        if quantity >= 2**31:
+            return "BadQuantity", f"quantity {quantity} >= 2**31 (column {mapping.quantity!r})"
     product = _cell(cells, columns, "product") or "unknown"
     category = _cell(cells, columns, "category") or None
     channel = _cell(cells, columns, "channel") or "unknown"
     order_id = _cell(cells, columns, "order_id")
     if order_id is None:
-        order_id = f"{source.name}:{row}"
+        order_id = f"{_UNSAFE_ID.sub('_', source.name)[:100]}-{row}"
     elif not order_id:
         return "MissingOrderId", f"missing order id (column {mapping.order_id!r})"
+    for role, value in (
+        ("store", store),
+        ("customer", customer),
+        ("product", product),
+        ("order_id", order_id),
+    ):
+        problem = id_problem(role, value, store=role == "store")
+        if problem is not None:
+            column = getattr(mapping, role) or "default_store"
+            return "BadId", f"{problem} (column {column!r})"
+    if price > MAX_AMOUNT_MINOR or quantity * price > MAX_AMOUNT_MINOR:
+        return (
+            "BadAmount",
+            f"line total {quantity} x {price} minor units is above the bound {MAX_AMOUNT_MINOR}"
+            f" (amount {printable(amount)}, column {mapping.amount!r})",
+        )
     line = {
         "product_id": product,
         "category": category,

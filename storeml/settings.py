@@ -78,6 +78,24 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- input rules (hostile input, docs/ids.md) ---------------------------------------------
+    max_event_future_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description=(
+            "Events dated more than this after their Kafka record's timestamp go to the dead-letter"
+            " topic (measured from the record, not the clock, so a replay decides the same)."
+        ),
+    )
+    dead_letter_max_bytes: int = Field(
+        default=1_000_000,
+        ge=8_192,
+        description=(
+            "Largest dead letter (the broker's message.max.bytes); larger ones are cut, keeping"
+            " the original's size and SHA-256."
+        ),
+    )
+
     # --- Redis -------------------------------------------------------------------------------
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Feature store Redis URL."

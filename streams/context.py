@@ -54,6 +54,8 @@ class JobContext:
     until_ms: int | None = None
     profiles_dir: str | None = None
     publish: bool = True
+    max_event_future_ms: int = 86_400_000
+    dead_letter_max_bytes: int = 1_000_000
 
 
 def job_context(
@@ -90,6 +92,8 @@ def job_context(
         state_cache_mb=settings.state_cache_mb,
         state_ttl_ms=int(settings.state_ttl_hours * 3_600_000),
         state_expire_redis=settings.state_expire_redis,
+        max_event_future_ms=int(settings.max_event_future_seconds * 1000),
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
     )
 
 

@@ -7,6 +7,7 @@ state bucket (:func:`decode_frames`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,8 +41,11 @@ def decode_frames(ctx: JobContext, frames: Iterator[pd.DataFrame]) -> Iterator[p
     from storeml.schemas.codec import get_codec
 
     dlq: DeadLetterSink | None = (
-        client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic) if ctx.dead_letter_topic else None
+        client(DeadLetterSink, ctx.kafka, ctx.dead_letter_topic, ctx.dead_letter_max_bytes)
+        if ctx.dead_letter_topic
+        else None
     )
+    max_future_ms = ctx.max_event_future_ms
     archive = ctx.lake_root is not None
     seen = bad = 0
     seconds = 0.0
@@ -62,13 +66,21 @@ def decode_frames(ctx: JobContext, frames: Iterator[pd.DataFrame]) -> Iterator[p
         columns = FactColumns()
         raw_keys: list[Any] = []
         raw_values: list[Any] = []
-        for topic, partition, offset, key, value in zip(
+        # the record timestamps bound how far ahead an event may be dated; history read from the
+        # lake has none (it holds accepted events only)
+        stamps: Any = itertools.repeat(None)
+        if "timestamp" in frame:  # int64 with nulls arrives as float64 with NaN
+            missing = frame["timestamp"].isna().to_numpy()
+            known = frame["timestamp"].where(~missing, 0).tolist()
+            stamps = [None if m else int(t) for t, m in zip(known, missing, strict=True)]
+        for topic, partition, offset, stamp, key, value in zip(
             frame["topic"],
             frame["partition"],
             frame["offset"],
+            stamps,
             frame["key"],
             frame["value"],
-            strict=True,
+            strict=False,
         ):
             seen += 1
             route = routes.get(topic)
@@ -90,7 +102,7 @@ def decode_frames(ctx: JobContext, frames: Iterator[pd.DataFrame]) -> Iterator[p
             except CodecError as exc:
                 reject(topic, partition, offset, key, value, "decode", type(exc).__name__, str(exc))
                 continue
-            reason = validate(record)
+            reason = validate(record, stamp, max_future_ms)
             if reason is not None:
                 reject(topic, partition, offset, key, value, "validate", "InvalidEvent", reason)
                 continue

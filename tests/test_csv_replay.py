@@ -83,7 +83,8 @@ def test_timestamps(text: str, fmt: str | None, ms: int) -> None:
 def test_rows_are_mapped_and_grouped_by_order_id() -> None:
     events, bad = read_csv_events(SAMPLE, FULL)
     records = {e.record["order_id"]: e.record for e in events if e.record}
-    assert sorted(records) == ["INV-1001", "INV-1002", "INV-1003", "INV-1007"]
+    # INV-1007's product id holds a newline: a bad row (BadId), see the next test
+    assert sorted(records) == ["INV-1001", "INV-1002", "INV-1003"]
     first = records["INV-1001"]
     assert first["store_id"] == "shop-a" and first["customer_id"] == "cust-1"
     assert first["currency"] == "USD" and first["channel"] == "unknown"
@@ -95,11 +96,6 @@ def test_rows_are_mapped_and_grouped_by_order_id() -> None:
     # Lines of INV-1002 are 8 rows apart: still one order.
     assert [line["product_id"] for line in records["INV-1002"]["lines"]] == ["sku-1", "sku-7"]
     assert records["INV-1002"]["lines"][1]["unit_price_minor"] == 500
-    # A quoted field spanning two lines, an offset time, half-up rounding.
-    late = records["INV-1007"]
-    assert late["lines"][0]["product_id"] == "sku-6\nsecond line"
-    assert late["lines"][0]["unit_price_minor"] == 123457
-    assert late["event_time"] == 1709294400000
     codec = get_codec("order_event")
     for event in events:
         assert event.topic_kind == "orders"
@@ -114,14 +110,20 @@ def test_bad_rows_are_reported_with_row_number_and_reason() -> None:
         (7, "MissingCustomer"),
         (8, "BadTimestamp"),
         (9, "BadAmount"),
+        (10, "BadId"),
         (13, "BadQuantity"),
     ]
     by_row = {b.row: b for b in bad}
     assert "'yesterday'" in by_row[8].reason
     assert "'abc'" in by_row[9].reason
+    # the quoted product id spans two lines: ids may not hold control characters
+    assert "product 'sku-6\\nsecond line' contains '\\n'" in by_row[10].reason
+    assert "column 'sku'" in by_row[10].reason
     lines = SAMPLE.read_text().splitlines()
     for b in bad:
-        assert b.raw == lines[b.row - 1].encode()  # line numbers count the header as line 1
+        # line numbers count the header as line 1; row 10's quoted field spans two lines
+        expected = "\n".join(lines[b.row - 1 : b.row + 1]) if b.row == 10 else lines[b.row - 1]
+        assert b.raw == expected.encode()
     assert b'"home, kitchen"' in by_row[9].raw
 
 
@@ -133,11 +135,15 @@ def test_without_order_ids_every_row_is_an_order() -> None:
     first = events[0].record
     assert first is not None
     assert first["store_id"] == "csv"
-    assert first["order_id"] == "transactions_sample.csv:2"
+    assert first["order_id"] == "transactions_sample.csv-2"  # no ':' (not an id character)
     assert first["lines"] == [
         {"product_id": "unknown", "category": None, "quantity": 1, "unit_price_minor": 1999}
     ]
     assert Counter(e.record["order_id"] for e in events if e.record).most_common(1)[0][1] == 1
+    # row 10: a quoted field spanning two lines (unmapped here), an offset time, half-up rounding
+    late = next(e.record for e in events if e.record and e.record["order_id"].endswith("-10"))
+    assert late["lines"][0]["unit_price_minor"] == 123457
+    assert late["event_time"] == 1709294400000
 
 
 def test_lines_further_apart_than_the_group_window_become_separate_orders() -> None:
@@ -167,14 +173,18 @@ def test_rows_in_another_encoding_are_bad_rows_kept_byte_for_byte(tmp_path: Path
         b"alice,2024-01-01T00:00:00Z,1.00,caf\xc3\xa9\n"
         b"bob,2024-01-01T00:00:01Z,2.00,caf\xe9\n"
     )
-    mapping = CsvMapping(customer="who", timestamp="when", amount="price", product="item")
+    # a category: free text (ids are ASCII, docs/ids.md)
+    mapping = CsvMapping(customer="who", timestamp="when", amount="price", category="item")
     events, bad = read_csv_events(path, mapping)
-    assert events[0].record["lines"][0]["product_id"] == "caf\u00e9"
+    assert events[0].record["lines"][0]["category"] == "caf\u00e9"
     assert [(b.row, b.error_type, b.raw) for b in bad] == [
         (3, "Encoding", b"bob,2024-01-01T00:00:01Z,2.00,caf\xe9")
     ]
     events, bad = read_csv_events(path, replace(mapping, encoding="latin-1"))
-    assert len(events) == 2 and events[1].record["lines"][0]["product_id"] == "caf\u00e9"
+    assert len(events) == 2 and events[1].record["lines"][0]["category"] == "caf\u00e9"
+    # the same text as a product id is a bad row naming the field and column
+    _, bad = read_csv_events(path, replace(mapping, category=None, product="item"))
+    assert bad[0].error_type == "BadId" and "product 'caf\u00e9' contains" in bad[0].reason
 
 
 def test_mapping_errors_are_loud(tmp_path: Path) -> None:
@@ -209,23 +219,22 @@ def test_replay_into_the_broker_with_dead_letters(kafka_bootstrap: str, unique: 
 
     stats = replay_csv(config, SAMPLE, FULL, orders_topic, dead_letter_topic=dead_topic)
 
-    assert (stats.orders, stats.lines, stats.dead_letters) == (4, 6, 5)
+    assert (stats.orders, stats.lines, stats.dead_letters) == (3, 5, 6)
     assert stats.rows == 11
     assert stats.bad == bad
-    got = consume(kafka_bootstrap, orders_topic, 4)
+    got = consume(kafka_bootstrap, orders_topic, 3)
     assert Counter((m.key(), m.value()) for m in got) == Counter((e.key, e.value) for e in expected)
-    letters = consume(kafka_bootstrap, dead_topic, 5)
+    letters = consume(kafka_bootstrap, dead_topic, 6)
     decoded = sorted(
         (get_codec("dead_letter").decode(m.value()) for m in letters),
         key=lambda r: r["source_offset"],
     )
-    assert [r["source_offset"] for r in decoded] == [6, 7, 8, 9, 13]
-    lines = SAMPLE.read_text().splitlines()
-    for record, row in zip(decoded, bad, strict=True):
+    assert [r["source_offset"] for r in decoded] == [6, 7, 8, 9, 10, 13]
+    for record, row in zip(decoded, sorted(bad, key=lambda b: b.row), strict=True):
         assert record["source_topic"] == "csv:transactions_sample.csv"
         assert record["source_partition"] == 0
         assert record["key"] is None
-        assert record["value"] == lines[row.row - 1].encode()
+        assert record["value"] == row.raw
         assert record["stage"] == "validate"
         assert (record["error_type"], record["reason"]) == (row.error_type, row.reason)
 

@@ -133,6 +133,7 @@ def test_validation_names_the_problem() -> None:
         "customer_id": "c",
         "order_id": "o",
         "event_time": 1,
+        "currency": "USD",
         "lines": [{"product_id": "p", "quantity": 1, "unit_price_minor": 5}],
     }
     assert validate_order(good) is None
