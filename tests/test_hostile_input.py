@@ -98,7 +98,7 @@ def test_the_issues_example_is_refused() -> None:
     order = _order(random.Random(1))
     for field, value in (("customer_id", "x}:customer:y"), ("store_id", "a}:customer:x")):
         reason = validate_order({**order, field: value})
-        assert reason is not None and field in reason and "'}'" in reason or "':'" in reason
+        assert reason is not None and field in reason and "contains '}'" in reason, reason
 
 
 @hsettings(max_examples=2_000, deadline=None)
