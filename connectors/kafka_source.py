@@ -50,6 +50,10 @@ Options (names are case-insensitive):
 - ``kafka.<property>``: any librdkafka property, passed to every consumer
   (``kafka.security.protocol``...). ``auto.offset.reset`` is always ``error`` and
   ``enable.partition.eof`` always true.
+- ``kafkaSecrets``: JSON ``{"<property>": "<value>"}`` of secret librdkafka properties
+  (``sasl.password``, ``ssl.key.pem``, ``sasl.oauthbearer.client.secret``...), merged into the
+  ``kafka.*`` ones. Spark prints a ``kafka.ssl.key.pem`` option in plans; this one's name matches
+  ``spark.redaction.regex`` (``secret``), so its value is always shown redacted.
 
 Offsets are JSON ``{"topic": {"<partition>": next_offset}}`` (the next offset to read, so ranges are
 end-exclusive). Spark's checkpoint owns them: nothing is committed to Kafka consumer groups, and a
@@ -107,6 +111,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KAFKA_SCHEMA",
+    "SECRETS_OPTION",
     "SOURCE_NAME",
     "KafkaDataSource",
     "KafkaInputPartition",
@@ -174,6 +179,7 @@ _KNOWN = {
     "watermarkmethod": "watermarkMethod",
     "timeoutseconds": "timeoutSeconds",
 }
+SECRETS_OPTION = "kafkaSecrets"
 
 OffsetSpec = str | dict[TopicPartitionKey, int]
 """``"earliest"``, ``"latest"`` or explicit offsets (-2 earliest, -1 latest) per partition."""
@@ -243,6 +249,17 @@ def _positive(name: str, raw: str, kind: type[int] | type[float]) -> Any:
 def parse_options(options: Mapping[str, str], batch: bool = False) -> SourceOptions:
     """Validate data source options; :class:`ConfigError` names the first bad one."""
     values = {str(k).lower(): str(v) for k, v in options.items()}
+    secrets = values.pop(SECRETS_OPTION.lower(), None)
+    if secrets is not None:
+        try:
+            properties = json.loads(secrets)
+            assert isinstance(properties, dict)
+        except (ValueError, AssertionError):
+            raise ConfigError(
+                f"option {SECRETS_OPTION} must be a JSON object of librdkafka properties (value"
+                " not shown); build the options with storeml.streams.enrich.source_options"
+            ) from None
+        values.update({f"kafka.{str(k).lower()}": str(v) for k, v in properties.items()})
     for key in values:
         if key not in _KNOWN and not key.startswith("kafka."):
             raise ConfigError(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storeml.errors import ConnectorError, ModelError
+from storeml.redaction import redact_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,8 +117,11 @@ def get_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClie
                     client = MlflowClient(tracking_uri=key[0], registry_uri=key[1])
                 except Exception as exc:  # MLflow raises many types for unusable stores
                     raise ConnectorError(
-                        f"cannot open MLflow at tracking_uri={key[0]!r}, registry_uri={key[1]!r}:"
-                        f" {exc}; check STOREML_MLFLOW_TRACKING_URI / _REGISTRY_URI"
+                        redact_url(
+                            f"cannot open MLflow at tracking_uri={key[0]!r},"
+                            f" registry_uri={key[1]!r}: {exc}; check"
+                            " STOREML_MLFLOW_TRACKING_URI / _REGISTRY_URI"
+                        )
                     ) from exc
                 _clients[key] = client
     return client

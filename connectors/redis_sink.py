@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from storeml.connectors.base import Sink
+from storeml.connectors.redis_client import RedisTarget, redis_error
 from storeml.errors import ConnectorError
 
 __all__ = [
@@ -131,8 +132,12 @@ def _kept(record: Mapping[str, Any], keep: tuple[str, ...]) -> tuple[str, ...]:
 class RedisProfileSink(Sink):
     """Writes profiles to Redis through the version guard, one pipeline per call."""
 
-    def __init__(self, url: str, prefix: str, retry_seconds: float = 300.0) -> None:
-        self.url = url
+    def __init__(
+        self, target: RedisTarget | str, prefix: str, retry_seconds: float = 300.0
+    ) -> None:
+        """``target``: the settings' ``redis`` (ACL user, password, TLS) or a plain URL."""
+        self.target = target if isinstance(target, RedisTarget) else RedisTarget.parse(target)
+        self.url = self.target.url  # never holds a password
         self.prefix = prefix
         self.retry_seconds = retry_seconds
 
@@ -140,14 +145,12 @@ class RedisProfileSink(Sink):
         import redis
 
         try:
-            self._client = redis.Redis.from_url(self.url, socket_timeout=30)
+            self._client = self.target.connect(socket_timeout=30)
             # loaded on first use (NoScriptError), so that a worker starting while Redis is
             # down waits for it like any write does
             self._sha = hashlib.sha1(_GUARDED_REPLACE.encode()).hexdigest()
         except redis.RedisError as exc:
-            raise ConnectorError(
-                f"cannot reach Redis at {self.url}: {exc}; check STOREML_REDIS_URL"
-            ) from exc
+            raise redis_error("reach", self.target, exc) from exc
 
     def write(
         self, kind: str, records: Iterable[Mapping[str, Any]], id_field: str
@@ -188,6 +191,9 @@ class RedisProfileSink(Sink):
                     # (the guard makes the writes that did go through harmless to repeat)
                     self._sha = self._client.script_load(_GUARDED_REPLACE)
                     return run()
+            except redis.exceptions.AuthenticationError as exc:
+                # a ConnectionError to redis-py, but waiting does not fix a wrong password
+                raise redis_error(f"write ({what}) to", self.target, exc) from exc
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 if time.monotonic() + pause > deadline:
                     raise ConnectorError(
@@ -241,15 +247,20 @@ class RedisProfileSink(Sink):
 class FeatureStore:
     """Online lookups of profiles, for services and the CLI."""
 
-    def __init__(self, url: str, prefix: str) -> None:
-        import redis
-
+    def __init__(self, target: RedisTarget | str, prefix: str) -> None:
+        """``target``: the settings' ``redis`` (ACL user, password, TLS) or a plain URL."""
+        self.target = target if isinstance(target, RedisTarget) else RedisTarget.parse(target)
         self.prefix = prefix
-        self._client = redis.Redis.from_url(url)
+        self._client = self.target.connect()  # connects (and authenticates) on first use
 
     def get(self, kind: str, store_id: str, entity_id: str) -> dict[str, Any] | None:
         """The profile hash, decoded, or None when the entity has no profile yet."""
-        raw = self._client.hgetall(profile_key(self.prefix, kind, store_id, entity_id))
+        import redis
+
+        try:
+            raw = self._client.hgetall(profile_key(self.prefix, kind, store_id, entity_id))
+        except redis.RedisError as exc:
+            raise redis_error("read a profile from", self.target, exc) from exc
         return decode_fields(raw) if raw else None
 
     def customer(self, store_id: str, customer_id: str) -> dict[str, Any] | None:

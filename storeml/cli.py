@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule
 from storeml.cli_common import settings_of
 from storeml.cli_models import models
 from storeml.errors import StoremlError
+from storeml.redaction import SecretRedactingFilter
 from storeml.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -85,20 +87,23 @@ def main(
         if v is not None
     }
     try:
-        ctx.obj = {"settings": load_settings(config, **overrides)}
+        settings = load_settings(config, **overrides)
     except StoremlError as exc:
         raise click.ClickException(str(exc)) from exc
+    # a library logging a URI with credentials, or the text of an error quoting one, prints masked
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretRedactingFilter(settings.secret_values()))
+    os.environ.update(settings.mlflow_env())  # MLflow's client reads its credentials from there
+    ctx.obj = {"settings": settings}
 
 
 @main.command("settings")
 @click.pass_context
 def show_settings(ctx: click.Context) -> None:
-    """Print the effective settings (secrets masked) and what each one means."""
-    settings = settings_of(ctx)
+    """Print the effective settings (secrets as ***) and what each one means."""
+    shown = settings_of(ctx).shown()
     for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        shown = "********" if "password" in name and value is not None else value
-        click.echo(f"{name} = {shown!s}")
+        click.echo(f"{name} = {shown[name]!s}")
         if field.description:
             click.echo(f"    STOREML_{name.upper()}: {field.description}")
 
@@ -343,7 +348,8 @@ def lookup(ctx: click.Context, kind: str, store_id: str, entity_id: str) -> None
     from storeml.connectors.redis_sink import FeatureStore
 
     settings = settings_of(ctx)
-    profile = FeatureStore(settings.redis_url, settings.redis_prefix).get(kind, store_id, entity_id)
+    store = FeatureStore(settings.redis, settings.redis_prefix)
+    profile = _run(lambda: store.get(kind, store_id, entity_id))
     if profile is None:
         raise click.ClickException(f"no {kind} profile for store {store_id!r}, id {entity_id!r}")
     click.echo(json.dumps(profile, indent=2, sort_keys=True))

@@ -9,6 +9,13 @@ pointing storeml at a real Kafka, Redis or MLflow is a matter of settings only, 
     STOREML_REDIS_URL=redis://redis:6379/0 STOREML_MLFLOW_TRACKING_URI=http://mlflow:5000
 
 A misspelt key fails loudly, naming the key and where it came from.
+
+Secrets (``docs/security.md``) are :class:`~pydantic.SecretStr` and never printed: the passwords of
+Redis, MLflow and Kafka SASL, and every ``kafka_security`` property whose name looks secret
+(:func:`storeml.redaction.is_secret_key`: ``sasl.password``, ``ssl.key.password``,
+``ssl.key.pem``, ``sasl.oauthbearer.client.secret``, ...). A password written into ``redis_url``
+or into an http(s) MLflow URI is moved out of the URL at load time (into ``redis_password``,
+``mlflow_password``), so URLs are safe to show; validation errors never echo a secret.
 """
 
 from __future__ import annotations
@@ -17,17 +24,44 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storeml.errors import ConfigError
+from storeml.redaction import MASK, is_secret_key, mask_value, redact_url
+
+if TYPE_CHECKING:
+    from storeml.connectors.redis_client import RedisTarget
 
 __all__ = ["Settings", "get_settings", "load_settings", "CONFIG_ENV"]
 
 CONFIG_ENV = "STOREML_CONFIG"
 ENV_PREFIX = "STOREML_"
+
+
+def _kafka_value(value: Any) -> str | SecretStr:
+    """A librdkafka property value: text (numbers and booleans as librdkafka spells them)."""
+    if isinstance(value, str | SecretStr):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise ValueError("a librdkafka property value must be a string, number or boolean")
+
+
+#: A ``kafka_security`` value; secret-looking properties become SecretStr after validation.
+KafkaValue = Annotated[str | SecretStr, PlainValidator(_kafka_value)]
 
 
 class Settings(BaseSettings):
@@ -55,9 +89,11 @@ class Settings(BaseSettings):
             " read from fetch responses instead)."
         ),
     )
-    kafka_security: dict[str, str] = Field(
+    kafka_security: dict[str, KafkaValue] = Field(
         default_factory=dict,
-        description="Extra librdkafka properties for every client (security.protocol, sasl.*).",
+        description="Extra librdkafka properties for every client (security.protocol, sasl.*,"
+        " ssl.*); properties named like secrets (password, secret, token, ssl.key.pem, jaas)"
+        " are kept as secrets and masked.",
     )
     kafka_password: SecretStr | None = Field(
         default=None, description="sasl.password for every client, kept out of logs."
@@ -98,7 +134,28 @@ class Settings(BaseSettings):
 
     # --- Redis -------------------------------------------------------------------------------
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Feature store Redis URL."
+        default="redis://127.0.0.1:6379/0",
+        description="Feature store Redis URL; rediss:// for TLS. A user:password in it moves to"
+        " redis_username/redis_password.",
+    )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user (AUTH <user> <password>); none: the default user."
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, description="Redis password (requirepass, or the ACL user's password)."
+    )
+    redis_ssl_ca_certs: Path | None = Field(
+        default=None, description="rediss://: CA bundle verifying the server (default: system CAs)."
+    )
+    redis_ssl_certfile: Path | None = Field(
+        default=None, description="rediss://: client certificate (mutual TLS), with the key file."
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None, description="rediss://: private key of the client certificate."
+    )
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required",
+        description="rediss://: server certificate check; 'none' disables it (testing only).",
     )
     redis_prefix: str = Field(default="storeml", description="Prefix of every feature-store key.")
 
@@ -109,6 +166,18 @@ class Settings(BaseSettings):
     )
     mlflow_registry_uri: str | None = Field(
         default=None, description="MLflow registry URI; default: the tracking URI."
+    )
+    mlflow_username: str | None = Field(
+        default=None,
+        description="MLflow server basic-auth user (set as MLFLOW_TRACKING_USERNAME for the"
+        " client, on the driver and the executors).",
+    )
+    mlflow_password: SecretStr | None = Field(
+        default=None, description="MLflow basic-auth password (MLFLOW_TRACKING_PASSWORD)."
+    )
+    mlflow_token: SecretStr | None = Field(
+        default=None,
+        description="MLflow bearer token (MLFLOW_TRACKING_TOKEN), instead of a password.",
     )
     mlflow_artifact_root: str | None = Field(
         default=None,
@@ -250,10 +319,59 @@ class Settings(BaseSettings):
         description="Also delete an expired entity's profile from Redis.",
     )
 
-    @field_validator("home", "checkpoint_dir", "lake_dir", "state_cache_dir", mode="after")
+    @field_validator(
+        "home",
+        "checkpoint_dir",
+        "lake_dir",
+        "state_cache_dir",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+        mode="after",
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_urls(cls, data: Any) -> Any:
+        """Move a user/password found in redis_url or an http(s) MLflow URI to its own fields."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        url = data.get("redis_url")
+        if isinstance(url, str) and "@" in url:
+            from storeml.connectors.redis_client import split_userinfo
+
+            data["redis_url"], user, password = split_userinfo(url)
+            _take(data, "redis_username", user, "redis_url", data["redis_url"])
+            _take(data, "redis_password", password, "redis_url", data["redis_url"])
+        for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
+            uri = data.get(key)
+            if isinstance(uri, str) and uri.startswith(("http://", "https://")) and "@" in uri:
+                data[key], user, password = _split_http_userinfo(uri)
+                _take(data, "mlflow_username", user, key, data[key])
+                _take(data, "mlflow_password", password, key, data[key])
+        return data
+
+    @field_validator("kafka_security", mode="after")
+    @classmethod
+    def _secret_kafka_properties(
+        cls, value: dict[str, str | SecretStr]
+    ) -> dict[str, str | SecretStr]:
+        return {
+            k: SecretStr(v) if isinstance(v, str) and is_secret_key(k) else v
+            for k, v in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _redis_target_fits(self) -> Settings:
+        try:
+            self.redis.check()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -312,13 +430,84 @@ class Settings(BaseSettings):
             return None
         return self.lake_dir or self.home / "lake"
 
+    @property
+    def redis(self) -> RedisTarget:
+        """Where and how to reach the feature store (URL, ACL user, password, TLS files)."""
+        from storeml.connectors.redis_client import RedisTarget
+
+        return RedisTarget(
+            url=self.redis_url,
+            username=self.redis_username,
+            password=self.redis_password,
+            ssl_ca_certs=str(self.redis_ssl_ca_certs) if self.redis_ssl_ca_certs else None,
+            ssl_certfile=str(self.redis_ssl_certfile) if self.redis_ssl_certfile else None,
+            ssl_keyfile=str(self.redis_ssl_keyfile) if self.redis_ssl_keyfile else None,
+            ssl_cert_reqs=self.redis_ssl_cert_reqs,
+        )
+
+    def mlflow_env(self) -> dict[str, str]:
+        """The ``MLFLOW_TRACKING_*`` variables the MLflow client reads its credentials from."""
+        env: dict[str, str] = {}
+        if self.mlflow_username:
+            env["MLFLOW_TRACKING_USERNAME"] = self.mlflow_username
+        if self.mlflow_password is not None:
+            env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_password.get_secret_value()
+        if self.mlflow_token is not None:
+            env["MLFLOW_TRACKING_TOKEN"] = self.mlflow_token.get_secret_value()
+        return env
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret these settings hold, unwrapped (for log filters and leak tests)."""
+        found = [
+            value.get_secret_value()
+            for value in (
+                self.kafka_password,
+                self.redis_password,
+                self.mlflow_password,
+                self.mlflow_token,
+                *self.kafka_security.values(),
+            )
+            if isinstance(value, SecretStr)
+        ]
+        return tuple(v for v in found if v)
+
+    def shown(self) -> dict[str, Any]:
+        """Every setting as ``storeml settings`` prints it: secrets as ***, URLs redacted."""
+        return {name: mask_value(name, getattr(self, name)) for name in type(self).model_fields}
+
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka properties for a client of this deployment, with ``overrides`` on top."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_security}
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        for name, value in self.kafka_security.items():
+            config[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
         if self.kafka_password is not None:
             config["sasl.password"] = self.kafka_password.get_secret_value()
         config.update(overrides)
         return config
+
+
+def _take(data: dict[str, Any], field: str, value: str | None, source: str, clean: str) -> None:
+    """Set ``data[field]`` from a URL's userinfo, refusing a different value set beside it."""
+    if value is None:
+        return
+    current = data.get(field)
+    if current is not None:
+        given = current.get_secret_value() if isinstance(current, SecretStr) else str(current)
+        if given != value:
+            raise ValueError(
+                f"{source} {clean} carries a {field.rsplit('_', 1)[1]} and {field} is set to"
+                " another one; keep one of them"
+            )
+    data[field] = value
+
+
+def _split_http_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without userinfo, user, password)`` of an http(s) URI."""
+    parts = urlsplit(uri)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return clean, unquote(user) or None, unquote(password) or None
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -340,15 +529,27 @@ def _describe(error: ValidationError, origin: str, file_keys: set[str]) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         source = (
-            origin if key.split(".")[0] in file_keys else f"environment ({ENV_PREFIX}{key.upper()})"
+            origin
+            if key.split(".")[0] in file_keys or key == "<root>"
+            else f"environment ({ENV_PREFIX}{key.split('.')[0].upper()})"
         )
         if item["type"] == "extra_forbidden":
             lines.append(
                 f"{source}: unknown setting {key!r}; see `storeml settings` for valid keys"
             )
         else:
-            lines.append(f"{source}: {key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{source}: {key}: {redact_url(item['msg'])}{_got(key, item)}")
     return "invalid storeml settings:\n  " + "\n  ".join(lines)
+
+
+def _got(key: str, item: Any) -> str:
+    """`` (got <input>)`` for an error, with secrets masked; nothing for a whole-model error."""
+    if "input" not in item or key == "<root>":
+        return ""
+    value = item["input"]
+    if is_secret_key(key) or any(is_secret_key(part) for part in key.split(".")):
+        return f" (got {MASK})"
+    return f" (got {mask_value(key, value)!r})"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -33,11 +33,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from storeml.errors import StackError
+
+if TYPE_CHECKING:
+    from storeml.connectors.redis_client import RedisTarget
 from storeml.settings import Settings
 
 __all__ = [
@@ -176,13 +179,23 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """Whether something at ``url`` answers Redis PING."""
+def redis_answers(target: RedisTarget | str, timeout: float = 1.0) -> bool:
+    """Whether the Redis at ``target`` (a URL, or the settings' ``redis``) answers PING.
+
+    Raises :class:`StackError` when it answers but refuses the credentials (NOAUTH, WRONGPASS,
+    NOPERM): starting another Redis there would not help, fixing the password would.
+    """
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    from storeml.connectors.redis_client import RedisTarget, redis_error
+
+    if not isinstance(target, RedisTarget):
+        target = RedisTarget.parse(target)
+    client = target.connect(socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
+    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        raise StackError(str(redis_error("authenticate to", target, exc))) from exc
     except (redis.RedisError, OSError):
         return False
     finally:
@@ -424,6 +437,36 @@ class RedisServer(_ManagedProcess):
             raise StackError("redis-server has no port yet; call start() first")
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def target(self) -> RedisTarget:
+        """The URL with this server's admin credentials (``username``/``password``)."""
+        from pydantic import SecretStr
+
+        from storeml.connectors.redis_client import RedisTarget
+
+        secret = SecretStr(self.password) if self.password else None
+        return RedisTarget(self.url, username=self.username, password=secret)
+
+    def _config_file(self) -> Path:
+        """``redis.conf`` in the workdir (mode 0600: it holds passwords, unlike a command line)."""
+        assert self.workdir is not None
+        lines = []
+        if self.password and self.username:
+            lines += [f"user {self.username} on >{self.password} ~* &* +@all", "user default off"]
+        elif self.password:
+            lines.append(f"requirepass {self.password}")
+        lines += list(self.config)
+        path = self.workdir / "redis.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return path
+
+    username: str | None = None
+    password: str | None = None
+    config: Sequence[str] = ()
+
     def _argv(self, port: int) -> Sequence[str]:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -431,6 +474,7 @@ class RedisServer(_ManagedProcess):
         # --daemonize no: we keep the pid of the real server, detached by start_new_session.
         return [
             binary,
+            str(self._config_file()),
             "--port",
             str(port),
             "--bind",
@@ -444,7 +488,7 @@ class RedisServer(_ManagedProcess):
         ]
 
     def answers(self) -> bool:
-        return self.port is not None and redis_answers(self.url, timeout=0.5)
+        return self.port is not None and redis_answers(self.target, timeout=0.5)
 
 
 # --- Java -------------------------------------------------------------------------------------
@@ -590,7 +634,14 @@ def _local_redis(settings: Settings) -> RedisServer | None:
     parts = urlsplit(settings.redis_url)
     if parts.scheme != "redis" or parts.hostname not in LOOPBACK:
         return None
-    return RedisServer(port=parts.port or 6379, workdir=_stack_dir(settings), host="127.0.0.1")
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return RedisServer(
+        port=parts.port or 6379,
+        workdir=_stack_dir(settings),
+        host="127.0.0.1",
+        username=settings.redis_username,
+        password=password,
+    )
 
 
 def _kafka_status(settings: Settings) -> ComponentStatus:
@@ -609,10 +660,14 @@ def _kafka_status(settings: Settings) -> ComponentStatus:
 
 
 def _redis_status(settings: Settings) -> ComponentStatus:
-    address = settings.redis_url
+    address = settings.redis.describe()
     server = _local_redis(settings)
     pid = server.pid if server is not None else None
-    if redis_answers(address):
+    try:
+        answers = redis_answers(settings.redis)
+    except StackError as exc:
+        return ComponentStatus("redis", "unreachable", address, str(exc), pid)
+    if answers:
         if pid is not None:
             return ComponentStatus("redis", "running", address, "no persistence", pid)
         return ComponentStatus("redis", "external", address, "reused, not started by storeml")
@@ -665,11 +720,11 @@ def stack_up(settings: Settings) -> StackStatus:
             )
         broker.start()
 
-    if not redis_answers(settings.redis_url):
+    if not redis_answers(settings.redis):
         server = _local_redis(settings)
         if server is None:
             raise StackError(
-                f"no Redis answers at redis_url={settings.redis_url!r}; start it or set"
+                f"no Redis answers at {settings.redis.describe()}; start it or set"
                 " STOREML_REDIS_URL to a loopback redis:// URL for a local redis-server"
             )
         server.start()

@@ -2,14 +2,27 @@
 
 :class:`JobContext` holds plain values only (it is pickled into every task); :func:`client` opens a
 connector once per executor process and keeps it.
+
+Credentials travel inside the pickled context (the Kafka properties, the Redis target, the MLflow
+user and password as :class:`~pydantic.SecretStr`), never in a Spark option: the source's option
+carries a copy without them (:func:`storeml.streams.event_source.context_option`). The MLflow client
+reads its credentials from ``MLFLOW_TRACKING_*`` variables, so a context applies them to the
+environment of the process it is built or unpickled in (:meth:`JobContext.apply_credentials`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import SecretStr
+
+from storeml.connectors.redis_client import RedisTarget
 from storeml.settings import Settings
 
 __all__ = ["JobContext", "job_context", "client"]
@@ -24,13 +37,13 @@ class JobContext:
     profiles written as Parquet to ``profiles_dir`` and/or published (``publish``).
     """
 
-    kafka: dict[str, Any]
+    kafka: dict[str, Any] = field(repr=False)  # librdkafka properties, secrets included
     orders_topic: str
     products_topic: str
     customer_topic: str
     product_topic: str
     dead_letter_topic: str | None
-    redis_url: str
+    redis: RedisTarget
     redis_prefix: str
     state_root: str
     state_buckets: int
@@ -56,11 +69,47 @@ class JobContext:
     publish: bool = True
     max_event_future_ms: int = 86_400_000
     dead_letter_max_bytes: int = 1_000_000
+    mlflow_username: str | None = None
+    mlflow_password: SecretStr | None = None
+    mlflow_token: SecretStr | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.apply_credentials()
+
+    def apply_credentials(self) -> None:
+        """Set this context's MLflow credentials as ``MLFLOW_TRACKING_*`` in ``os.environ``.
+
+        MLflow's REST client reads them from there on every request; unset fields leave the
+        variables alone (credentials given to the process directly keep working).
+        """
+        values = {
+            "MLFLOW_TRACKING_USERNAME": self.mlflow_username,
+            "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
+            "MLFLOW_TRACKING_TOKEN": self.mlflow_token,
+        }
+        for name, value in values.items():
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if text:
+                os.environ[name] = text
+
+    def without_secrets(self) -> JobContext:
+        """This context with no credential in it (for copies that leave the process in clear)."""
+        return dataclasses.replace(
+            self, kafka={}, redis=self.redis.public(), mlflow_password=None, mlflow_token=None
+        )
 
 
 def job_context(
     settings: Settings, checkpoint: str | None = None, state_id: str = ""
 ) -> JobContext:
+    """The context of a job run with ``settings`` (its MLflow credentials applied here too)."""
+    ctx = _job_context(settings, checkpoint, state_id)
+    ctx.apply_credentials()
+    return ctx
+
+
+def _job_context(settings: Settings, checkpoint: str | None, state_id: str) -> JobContext:
     root = checkpoint or str(settings.checkpoint_path)
     return JobContext(
         kafka=settings.kafka_config(),
@@ -69,7 +118,7 @@ def job_context(
         customer_topic=settings.topic_customer_profiles,
         product_topic=settings.topic_product_profiles,
         dead_letter_topic=settings.topic_dead_letter,
-        redis_url=settings.redis_url,
+        redis=settings.redis,
         redis_prefix=settings.redis_prefix,
         state_root=f"{root}/profile-state",
         state_buckets=settings.state_buckets,
@@ -94,6 +143,9 @@ def job_context(
         state_expire_redis=settings.state_expire_redis,
         max_event_future_ms=int(settings.max_event_future_seconds * 1000),
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        mlflow_username=settings.mlflow_username,
+        mlflow_password=settings.mlflow_password,
+        mlflow_token=settings.mlflow_token,
     )
 
 
@@ -101,9 +153,22 @@ def job_context(
 _clients: dict[tuple[Any, ...], Any] = {}
 
 
+#: Keys this process's secrets in the client cache (a digest that means nothing elsewhere).
+_KEY_SALT = os.urandom(16)
+
+
+def _key_part(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value().encode()
+        return hmac.new(_KEY_SALT, secret, hashlib.sha256).hexdigest()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return str(value)
+
+
 def client(kind: type, *args: Any) -> Any:
     """This process's ``kind(*args)``, built on first use (connectors connect lazily)."""
-    key = (kind, *(json.dumps(a, sort_keys=True, default=str) for a in args))
+    key = (kind, *(json.dumps(a, sort_keys=True, default=_key_part) for a in args))
     client = _clients.get(key)
     if client is None:
         client = _clients[key] = kind(*args)

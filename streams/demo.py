@@ -70,8 +70,6 @@ def run_demo(
 ) -> None:
     import shutil
 
-    import redis
-
     from storeml.batch.history import live_config, train_on_synthetic
     from storeml.connectors.event_producer import produce_events
     from storeml.connectors.kafka_admin import ensure_topics
@@ -93,7 +91,7 @@ def run_demo(
     echo("== 1/5 local stack")
     echo(str(stack_up(settings)))
     try:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = settings.redis.connect()
         stale = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
         for start in range(0, len(stale), 1000):
             client.delete(*stale[start : start + 1000])
@@ -158,7 +156,7 @@ def run_demo(
         )
         if best:
             store_id, customer_id = best[0]["store_id"], best[0]["customer_id"]
-            profile = FeatureStore(settings.redis_url, settings.redis_prefix).customer(
+            profile = FeatureStore(settings.redis, settings.redis_prefix).customer(
                 store_id, customer_id
             )
             echo(

@@ -290,10 +290,16 @@ def batch_timestamp_ms(state_root: str, batch_id: int) -> int:
 def source_options(settings: Settings, tasks: int | None = None) -> dict[str, str]:
     """Options of the ``storeml_kafka`` source reading the order and product topics.
 
+    Secret Kafka properties (:func:`~storeml.redaction.is_secret_key`) go into the one option
+    ``kafkaSecrets``, whose name Spark's default ``spark.redaction.regex`` redacts in plans and
+    logs; ``kafka.ssl.key.pem`` or ``kafka.sasl.jaas.config`` would be printed as they are.
+
     ``tasks``: most Spark tasks per read (``maxPartitions``, and one per
     ``settings.task_records`` records); None: one per topic partition.
     """
     from storeml.connectors.kafka_admin import watermark_method_for
+    from storeml.connectors.kafka_source import SECRETS_OPTION
+    from storeml.redaction import is_secret_key
 
     options = {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -302,9 +308,14 @@ def source_options(settings: Settings, tasks: int | None = None) -> dict[str, st
         "maxRecordsPerTrigger": str(settings.max_records_per_batch),
         "watermarkMethod": watermark_method_for(settings.kafka_flavor),
     }
+    secrets: dict[str, str] = {}
     for name, value in settings.kafka_config().items():
-        if name != "bootstrap.servers":
+        if is_secret_key(name):
+            secrets[name] = str(value)  # in kafkaSecrets: Spark redacts that option's value
+        elif name != "bootstrap.servers":
             options[f"kafka.{name}"] = str(value)
+    if secrets:
+        options[SECRETS_OPTION] = json.dumps(secrets, sort_keys=True)
     if tasks:
         options["maxPartitions"] = str(tasks)
         options["minRecordsPerPartition"] = str(settings.task_records)

@@ -31,6 +31,7 @@ from storeml.connectors.kafka_source import (
     SourceOptions,
     parse_options,
 )
+from storeml.connectors.redis_client import RedisTarget
 from storeml.errors import ConfigError
 from storeml.streams.context import JobContext
 from storeml.streams.decode import decode_frames, decode_schema
@@ -45,12 +46,14 @@ _CONTEXT = "storeml.context"
 
 
 def context_option(ctx: JobContext) -> dict[str, str]:
-    """The source option carrying ``ctx`` (plain values, as JSON).
+    """The source option carrying ``ctx`` (plain values, as JSON), without any credential.
 
-    Without its Kafka client settings: the source rebuilds them from its own ``kafka.*`` options,
-    which Spark redacts in plans and logs (a password inside this JSON would not be).
+    Spark prints this option in plans (its name matches no redaction pattern), so it holds
+    :meth:`JobContext.without_secrets`: no Kafka client settings (the source rebuilds them from its
+    ``kafka.*`` options and the redacted ``kafkaSecrets`` one), no Redis or MLflow password (the
+    decoder needs neither; the tasks get the full context pickled).
     """
-    return {_CONTEXT: json.dumps({**asdict(ctx), "kafka": {}}, sort_keys=True)}
+    return {_CONTEXT: json.dumps(asdict(ctx.without_secrets()), sort_keys=True)}
 
 
 def _decoded(
@@ -99,7 +102,8 @@ class EventSource(KafkaDataSource):
                 " (storeml.streams.event_source.context_option(job_context(settings)))"
             )
         kafka = parse_options(self._kafka_options(), batch=True).config  # the client settings only
-        return JobContext(**{**json.loads(raw), "kafka": kafka})
+        values = json.loads(raw)
+        return JobContext(**{**values, "kafka": kafka, "redis": RedisTarget(**values["redis"])})
 
     def _kafka_options(self) -> dict[str, str]:
         return {k: v for k, v in self.options.items() if k.lower() != _CONTEXT}

@@ -84,3 +84,40 @@ def test_dockerfile_builds_the_stream_job() -> None:
     assert "openjdk-17-jre-headless" in dockerfile
     assert "requirements.lock" in dockerfile
     assert 'CMD ["stream", "run"]' in dockerfile
+
+
+def test_every_published_port_is_bound_to_loopback(compose: dict[str, Any]) -> None:
+    published = [
+        (name, port) for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    ]  # fmt: skip
+    assert published
+    for name, port in published:
+        assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_redis_requires_a_password_kept_off_the_command_line(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and "--requirepass" not in command
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    stream_env = compose["services"]["stream"]["environment"]
+    assert stream_env["STOREML_REDIS_PASSWORD"] == redis["environment"]["REDIS_PASSWORD"]
+
+
+def test_mlflow_runs_behind_basic_auth(compose: dict[str, Any]) -> None:
+    mlflow = compose["services"]["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SECRET:?")
+    assert not any("postgresql://" in part for part in mlflow["command"])  # password off argv
+    config = compose["configs"][mlflow["configs"][0]["source"]]["content"]
+    assert mlflow["configs"][0]["target"] == env["MLFLOW_AUTH_CONFIG_PATH"]
+    assert "database_uri = sqlite:////var/lib/mlflow-auth/" in config
+    assert any(v.endswith(":/var/lib/mlflow-auth") for v in mlflow["volumes"])
+    stream_env = compose["services"]["stream"]["environment"]
+    assert stream_env["STOREML_MLFLOW_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert stream_env["STOREML_MLFLOW_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert "Flask-WTF" in (ROOT / "docker" / "mlflow" / "Dockerfile").read_text()

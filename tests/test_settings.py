@@ -88,3 +88,31 @@ def test_settings_are_frozen_and_paths_absolute() -> None:
     assert settings.tracking_uri.startswith("sqlite:///")
     with pytest.raises(ValueError):
         settings.redis_prefix = "changed"  # type: ignore[misc]
+
+
+def test_secrets_are_secret_and_urls_lose_their_password() -> None:
+    s = load_settings(
+        redis_url="rediss://app:pw-1234@cache:6380/1",
+        redis_ssl_ca_certs="/etc/ca.pem",
+        mlflow_tracking_uri="https://bob:pw-5678@ml.example",
+        kafka_security={"sasl.password": "pw-9012", "sasl.username": "u", "linger.ms": 5},
+    )
+    assert s.redis_url == "rediss://cache:6380/1" and s.redis_username == "app"
+    assert s.redis.client_options()["password"] == "pw-1234"
+    assert s.redis.client_options()["ssl_ca_certs"] == "/etc/ca.pem"
+    assert s.tracking_uri == "https://ml.example" and s.mlflow_env() == {
+        "MLFLOW_TRACKING_USERNAME": "bob",
+        "MLFLOW_TRACKING_PASSWORD": "pw-5678",
+    }
+    assert s.kafka_config()["sasl.password"] == "pw-9012"
+    assert s.kafka_config()["linger.ms"] == "5"
+    shown = str(s.shown())
+    assert "pw-" not in shown and "'sasl.username': 'u'" in shown
+
+
+def test_a_bad_secret_value_is_named_but_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOREML_KAFKA_SECURITY", '{"sasl.password": ["hunter2-pw"]}')
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "kafka_security.sasl.password" in str(info.value)
+    assert "hunter2-pw" not in str(info.value)
