@@ -42,6 +42,7 @@ from storeml.connectors.mlflow_registry import (
     register_bundle,
 )
 from storeml.errors import ModelError
+from storeml.models.bundle_integrity import bundle_digest
 from storeml.models.features import CUSTOMER_FEATURES
 from storeml.models.package import ModelPackage, load_package
 from storeml.models.store_models import make_pyfunc_model, write_bundle
@@ -128,6 +129,7 @@ def train_kind(
         )
         if package is not None and package.code.sources:
             package.code.write(folder / "code")
+        digest = bundle_digest(folder)  # recorded on the version, checked on every load
         reports = Path(tmp) / "metrics"
         reports.mkdir()
         result.metrics.to_csv(reports / "store_metrics.csv", index=False)
@@ -182,6 +184,7 @@ def train_kind(
         alias=alias,
         tags=tags,
         description=description,
+        digest=digest,
     )
 
 

@@ -12,8 +12,15 @@ CSV artifact, such as the per-store metrics every training logs at
 :data:`STORE_METRICS_ARTIFACT`); they raise :class:`ModelError` naming the model, version or alias
 that does not exist and what does.
 
-The stream calls :func:`resolve_alias` on the driver once per micro-batch (one registry call,
-a few milliseconds) and ships the small, picklable :class:`ModelHandle` to executors, which open
+Every version storeml registers records the SHA-256 of its bundle's ``index.json`` as the tag
+:data:`DIGEST_TAG` (``storeml.bundle_sha256``); handles carry it to the executors, which check the
+files against it before unpickling them. :func:`record_digest` adds it to a version registered
+without one (``storeml models seal``).
+
+The stream resolves its aliases through :class:`storeml.connectors.registry_aliases.AliasResolver`
+(which calls :func:`resolve_alias` with a deadline and remembers the last versions) on the driver
+once per micro-batch (one registry call per alias, a few milliseconds) and ships the small,
+picklable :class:`ModelHandle` to executors, which open
 the bundle through the per-process :func:`storeml.models.store_models.get_model_cache`; so a moved
 alias is served from the next micro-batch on, and executors never talk to the registry.
 
@@ -24,6 +31,7 @@ module is cheap. Clients are created on first use and kept per (tracking, regist
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -47,6 +55,7 @@ __all__ = [
     "register_bundle",
     "set_alias",
     "resolve_alias",
+    "record_digest",
     "RegisteredModelInfo",
     "get_model_info",
     "list_models",
@@ -55,6 +64,7 @@ __all__ = [
     "promote",
     "read_run_table",
     "BUNDLE_ARTIFACT_PATH",
+    "DIGEST_TAG",
     "BUNDLE_STORES_KEY",
     "STORE_METRICS_ARTIFACT",
     "SPLITS_ARTIFACT",
@@ -69,6 +79,9 @@ BUNDLE_STORES_KEY = "stores"
 STORE_METRICS_ARTIFACT = "metrics/store_metrics.csv"
 #: Run artifact with the train/test split of every training row.
 SPLITS_ARTIFACT = "metrics/splits.csv"
+#: Model-version tag with the SHA-256 (hex) of the bundle's ``index.json``, which lists the
+#: SHA-256 of every other file (:mod:`storeml.models.bundle_integrity`).
+DIGEST_TAG = "storeml.bundle_sha256"
 
 _clients: dict[tuple[str, str], MlflowClient] = {}
 _download_uris: dict[tuple[str, str, str], str] = {}
@@ -80,7 +93,9 @@ class ModelHandle:
     """One registered model version, resolved on the driver and shipped to executors.
 
     ``source`` is where the version's artifacts can be downloaded from (for a local artifact store
-    a ``file://`` URI of the pyfunc model root, usable as a folder as is). Small and picklable.
+    a ``file://`` URI of the pyfunc model root, usable as a folder as is). ``digest`` is the
+    SHA-256 of the bundle's ``index.json`` recorded at registration (None: the version has none).
+    Small and picklable.
     """
 
     name: str
@@ -88,6 +103,7 @@ class ModelHandle:
     alias: str | None
     source: str
     run_id: str | None = None
+    digest: str | None = None
 
     @property
     def stores_uri(self) -> str:
@@ -201,13 +217,18 @@ def register_bundle(
     alias: str | None = None,
     tags: Mapping[str, str] | None = None,
     description: str | None = None,
+    digest: str | None = None,
 ) -> ModelHandle:
     """Register ``model_uri`` (a logged model) as a new version of ``name``, optionally aliased.
 
-    The registered model is created on first use. Returns the handle of the new version.
+    The registered model is created on first use. ``digest``
+    (:func:`~storeml.models.bundle_integrity.bundle_digest` of the bundle folder that was logged)
+    is recorded as the version's tag :data:`DIGEST_TAG`; executors refuse files that do
+    not match it. Returns the handle of the new version.
     """
     import mlflow
 
+    tags = {**(tags or {}), **({DIGEST_TAG: digest} if digest else {})}
     client = get_client(tracking_uri, registry_uri)
     try:
         try:
@@ -228,7 +249,12 @@ def register_bundle(
             f"cannot register {model_uri!r} as a version of model {name!r} in {registry_uri}: {exc}"
         ) from exc
     return ModelHandle(
-        name=name, version=str(version.version), alias=alias, source=source, run_id=run_id
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        source=source,
+        run_id=run_id,
+        digest=digest or None,
     )
 
 
@@ -253,8 +279,9 @@ def resolve_alias(
     """The version ``name@alias`` points at, or None when the model or the alias does not exist.
 
     One registry call (2-6 ms on SQLite) per call; the artifact location of a version never
-    changes, so it is looked up once per version and process. Other registry failures raise
-    :class:`ConnectorError`.
+    changes, so it is looked up once per version and process. Any other failure (server down,
+    SQLite locked, a timeout) raises :class:`ConnectorError`, so "no such alias" and "the registry
+    did not answer" are never confused.
     """
     import mlflow
 
@@ -266,16 +293,21 @@ def resolve_alias(
             return None
         raise ConnectorError(
             f"cannot resolve {name}@{alias} in the MLflow registry {registry_uri or tracking_uri}:"
-            f" {exc}"
+            f" {_first_line(exc)}"
+        ) from exc
+    except Exception as exc:  # connection and database errors MLflow lets through
+        raise ConnectorError(
+            f"cannot resolve {name}@{alias} in the MLflow registry {registry_uri or tracking_uri}:"
+            f" {type(exc).__name__}: {_first_line(exc)}"
         ) from exc
     key = (registry_uri or tracking_uri, name, str(version.version))
     source = _download_uris.get(key)
     if source is None:
         try:
             source = client.get_model_version_download_uri(name, version.version)
-        except mlflow.exceptions.MlflowException as exc:
+        except Exception as exc:  # MlflowException, or a connection error
             raise ConnectorError(
-                f"cannot find the artifacts of {name} version {version.version}: {exc}"
+                f"cannot find the artifacts of {name} version {version.version}: {_first_line(exc)}"
             ) from exc
         _download_uris[key] = source
     return ModelHandle(
@@ -284,6 +316,64 @@ def resolve_alias(
         alias=alias,
         source=source,
         run_id=version.run_id,
+        digest=(version.tags or {}).get(DIGEST_TAG),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error (MLflow's database errors carry the whole SQL statement)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def record_digest(
+    tracking_uri: str, registry_uri: str | None, name: str, version: str | int
+) -> ModelHandle:
+    """Record the digest of a version registered without one; returns its handle with it.
+
+    The digest is computed from the ``index.json`` now in the artifact store, so it blesses the
+    files as they are: run it only for versions whose artifacts you trust (e.g. registered by an
+    older storeml). A version that already has a digest keeps it (:class:`ModelError`).
+    """
+    import tempfile
+
+    import mlflow
+
+    handle = get_version(tracking_uri, registry_uri, name, version)
+    if handle.digest:
+        raise ModelError(
+            f"model {name!r} version {handle.version} already records digest {handle.digest};"
+            " a recorded digest is never replaced (register a new version instead)"
+        )
+    with tempfile.TemporaryDirectory(prefix="storeml-digest-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{handle.stores_uri}/index.json",
+                dst_path=tmp,
+                tracking_uri=tracking_uri,
+                registry_uri=registry_uri,
+            )
+        except Exception as exc:
+            raise ConnectorError(
+                f"cannot download index.json of {name} version {handle.version} from"
+                f" {handle.stores_uri}: {_first_line(exc)}"
+            ) from exc
+        digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+    try:
+        get_client(tracking_uri, registry_uri).set_model_version_tag(
+            name, handle.version, DIGEST_TAG, digest
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConnectorError(
+            f"cannot tag {name} version {handle.version} with its digest: {_first_line(exc)}"
+        ) from exc
+    return ModelHandle(
+        name=name,
+        version=handle.version,
+        alias=None,
+        source=handle.source,
+        run_id=handle.run_id,
+        digest=digest,
     )
 
 
@@ -385,6 +475,7 @@ def get_version(
     try:
         found = client.get_model_version(name, str(version))
         source = client.get_model_version_download_uri(name, found.version)
+        digest = (found.tags or {}).get(DIGEST_TAG)
     except mlflow.exceptions.MlflowException as exc:
         if _error_code(exc) not in (*_MISSING, "INVALID_PARAMETER_VALUE"):
             raise ConnectorError(f"cannot read {name} version {version}: {exc}") from exc
@@ -396,7 +487,12 @@ def get_version(
             " versions"
         ) from exc
     return ModelHandle(
-        name=name, version=str(found.version), alias=None, source=source, run_id=found.run_id
+        name=name,
+        version=str(found.version),
+        alias=None,
+        source=source,
+        run_id=found.run_id,
+        digest=digest,
     )
 
 
@@ -435,7 +531,12 @@ def promote(
     previous = resolve_alias(tracking_uri, registry_uri, name, alias)
     set_alias(tracking_uri, registry_uri, name, alias, target.version)
     return previous, ModelHandle(
-        name=name, version=target.version, alias=alias, source=target.source, run_id=target.run_id
+        name=name,
+        version=target.version,
+        alias=alias,
+        source=target.source,
+        run_id=target.run_id,
+        digest=target.digest,
     )
 
 

@@ -2,7 +2,8 @@
 
 A bundle is a folder written by :func:`write_bundle`::
 
-    index.json             kind, feature list, trained_at, and per store: file, classes, examples
+    index.json             kind, feature list, trained_at, and per store: file, sha256, classes,
+                           examples (every file the bundle holds is listed with its SHA-256)
     global.joblib          the fallback model trained on every store's examples (may be absent)
     stores/<quoted id>.joblib   one small fitted estimator per store that has enough examples
     linear.npz             optional: the affine heads of the customer models that are linear in
@@ -22,6 +23,11 @@ store on it (:meth:`StoreModelBundle.linear_rows`) and loads the store files onl
 Every store still has its own file, so readers that ignore the table (older storeml versions, the
 MLflow pyfunc's callers of :meth:`StoreModelBundle.model_for`) see the same models.
 
+Files are checked against their digests as they are read (:mod:`storeml.models.bundle_integrity`):
+``index.json`` against the digest the model version recorded at registration
+(:attr:`ModelHandle.digest`), every other file against ``index.json``. A mismatch is a
+:class:`ModelError` naming the file, the model and the version; nothing unverified is unpickled.
+
 Estimators only need ``predict_proba`` and ``classes_`` (scikit-learn API). Loading a bundle never
 imports MLflow unless the version has to be downloaded from a remote artifact store. The MLflow
 pyfunc wrapper, ``StoreBundleModel``, is built on first attribute access (it subclasses an MLflow
@@ -31,7 +37,9 @@ class), so it is left out of ``__all__``; :func:`make_pyfunc_model` returns an i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -51,10 +59,18 @@ import numpy as np
 import pandas as pd  # module level: MLflow resolves predict's type hints in this namespace
 
 from storeml.errors import ModelError
+from storeml.models.bundle_integrity import (
+    default_cache_dir,
+    file_sha256,
+    private_dir,
+    read_verified,
+)
 from storeml.models.linear import LinearTable, TableBuilder
 
 if TYPE_CHECKING:
     from storeml.connectors.mlflow_registry import ModelHandle
+
+log = logging.getLogger("storeml.models")
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -129,6 +145,7 @@ def write_bundle(
             table.add(str(store_id), estimator)
         stores[str(store_id)] = {
             "file": relative,
+            "sha256": file_sha256(root / relative),
             "classes": _jsonable(getattr(estimator, "classes_", [])),
             "examples": int(counts.get(store_id, 0)),
         }
@@ -139,11 +156,15 @@ def write_bundle(
             table.add_global(global_model)
         global_entry = {
             "file": GLOBAL_FILE,
+            "sha256": file_sha256(root / GLOBAL_FILE),
             "classes": _jsonable(getattr(global_model, "classes_", [])),
             "examples": int(
                 global_examples if global_examples is not None else sum(counts.values())
             ),
         }
+    linear_entry = table.write(root) if table is not None else None
+    if linear_entry is not None:
+        linear_entry["sha256"] = file_sha256(root / linear_entry["file"])
     index = {
         "format": BUNDLE_FORMAT,
         "kind": kind,
@@ -153,7 +174,7 @@ def write_bundle(
         "global": global_entry,
         "stores": stores,
         "examples": {str(k): int(v) for k, v in counts.items()},
-        "linear": table.write(root) if table is not None else None,
+        "linear": linear_entry,
     }
     (root / INDEX_FILE).write_text(json.dumps(index, sort_keys=True))
     return root
@@ -168,7 +189,8 @@ class CacheStats:
     scoring call and store); ``evictions``: store models dropped by the LRU bound; ``bundle_*``:
     version lookups and downloads. ``vectorised_rows``/``vectorised_stores``: rows scored by a
     linear table, and own-model stores among them (per scoring call; they are no lookups);
-    ``linear_loads``: linear tables read in ``linear_load_seconds``.
+    ``linear_loads``: linear tables read in ``linear_load_seconds``. ``unverified_versions``:
+    versions opened without a recorded digest (registered before storeml recorded them).
     """
 
     hits: int = 0
@@ -185,6 +207,7 @@ class CacheStats:
     vectorised_stores: int = 0
     linear_loads: int = 0
     linear_load_seconds: float = 0.0
+    unverified_versions: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dict(asdict(self))
@@ -230,6 +253,12 @@ class StoreModelBundle:
     model is always kept). Bundles opened by a :class:`ModelCache` share its bound. With
     ``vectorise`` (default) scoring uses the bundle's linear table when it has one; False scores
     every store with its own file (the per-store ``predict_proba`` path; may be set later).
+
+    ``digest`` (the version's tag ``storeml.bundle_sha256``, :attr:`ModelHandle.digest`) is checked
+    against ``index.json``; every file is then checked against its digest in the index, and one
+    the index lists without a digest is refused. Without ``digest`` (a version registered before
+    digests, or a folder opened by hand) files are checked against the digests the index lists,
+    which catches damage but not a rewritten index. ``label`` names the version in errors.
     """
 
     def __init__(
@@ -238,13 +267,23 @@ class StoreModelBundle:
         cache_size: int = 2048,
         *,
         vectorise: bool = True,
+        digest: str | None = None,
+        label: str | None = None,
         _lru: _StoreLRU | None = None,
         _key: str | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.label = label or f"model bundle {self.folder}"
+        self.sealed = digest is not None
+        if not (self.folder / INDEX_FILE).is_file():
+            raise ModelError(
+                f"{self.folder} is not a model bundle (no {INDEX_FILE}); it should be the"
+                " artifacts/stores folder of a storeml model version"
+            )
+        raw = read_verified(self.folder / INDEX_FILE, digest, self.label)
         try:
-            self.index: dict[str, Any] = json.loads((self.folder / INDEX_FILE).read_text())
-        except (OSError, ValueError) as exc:
+            self.index: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
             raise ModelError(
                 f"{self.folder} is not a model bundle ({INDEX_FILE} unreadable: {exc}); it should"
                 " be the artifacts/stores folder of a storeml model version"
@@ -300,14 +339,25 @@ class StoreModelBundle:
         return f"StoreModelBundle({folder!r}, kind={self.kind!r}, stores={stores})"
 
     # --- loading ---------------------------------------------------------------------------
-    def _load(self, relative: str) -> Any:
-        path = self.folder / relative
+    def _expected(self, entry: Mapping[str, Any]) -> str | None:
+        """The digest ``entry``'s file must have (None: unchecked, only in unsealed bundles)."""
+        expected = entry.get("sha256")
+        if expected is None and self.sealed:
+            raise ModelError(
+                f"{self.label}: {INDEX_FILE} lists {entry['file']} without a SHA-256 although the"
+                " version recorded a digest; the bundle is not one storeml wrote: do not serve it"
+            )
+        return None if expected is None else str(expected)
+
+    def _load(self, entry: Mapping[str, Any]) -> Any:
+        path = self.folder / entry["file"]
         started = time.perf_counter()
+        data = read_verified(path, self._expected(entry), self.label)
         try:
-            model = joblib.load(path)
+            model = joblib.load(io.BytesIO(data))  # the bytes just checked, not the file again
         except Exception as exc:  # unpickling can raise anything
             raise ModelError(
-                f"cannot load model file {path}: {exc}; the bundle is incomplete or was written"
+                f"{self.label}: cannot load model file {path}: {exc}; the bundle is incomplete or was written"
                 " with incompatible library versions"
             ) from exc
         stats = self._lru.stats
@@ -321,7 +371,7 @@ class StoreModelBundle:
             with self._lru.lock:
                 if not self._global_loaded:
                     entry = self.index.get("global")
-                    self._global = self._load(entry["file"]) if entry else None
+                    self._global = self._load(entry) if entry else None
                     self._global_loaded = True
         return self._global
 
@@ -344,7 +394,7 @@ class StoreModelBundle:
                 lru.stats.hits += 1
                 return model, "store"
             lru.stats.misses += 1
-            model = self._load(entry["file"])
+            model = self._load(entry)
             lru.put(key, model)
         return model, "store"
 
@@ -356,6 +406,10 @@ class StoreModelBundle:
                     entry = self.index.get("linear")
                     if entry:
                         started = time.perf_counter()
+                        # checked, then read by numpy without pickles (data only, never code)
+                        read_verified(
+                            self.folder / entry["file"], self._expected(entry), self.label
+                        )
                         self._table = LinearTable.load(self.folder / entry["file"], entry)
                         stats = self._lru.stats
                         stats.linear_loads += 1
@@ -417,6 +471,12 @@ class ModelCache:
     so concurrent workers never see half a bundle). Downloaded folders are not deleted when a
     version is dropped from memory: another process of the host may still use them.
     ``vectorise`` is given to the bundles it opens (see :class:`StoreModelBundle`).
+
+    ``cache_dir`` defaults to :func:`~storeml.models.bundle_integrity.default_cache_dir` (per
+    user); it is created 0700 on the first download and refused when another user owns it or
+    others may write to it (:func:`~storeml.models.bundle_integrity.private_dir`). Every bundle
+    is opened with its version's digest (:attr:`ModelHandle.digest`); a version without one is
+    opened with a warning (once per version and process) and counted in ``unverified_versions``.
     """
 
     def __init__(
@@ -431,11 +491,8 @@ class ModelCache:
         self.vectorise = vectorise
         self._lru = _StoreLRU(cache_size, self.counters)
         self.max_versions = max_versions
-        self.cache_dir = (
-            Path(cache_dir)
-            if cache_dir
-            else (Path(tempfile.gettempdir()) / f"storeml-models-{_user()}")
-        )
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._checked_dir: Path | None = None
         self._bundles: OrderedDict[tuple[str, str, str], StoreModelBundle] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -465,7 +522,23 @@ class ModelCache:
                 return bundle
             self.counters.bundle_misses += 1
             folder = self._folder(handle, tracking_uri, registry_uri)
-            bundle = StoreModelBundle(folder, vectorise=self.vectorise, _lru=self._lru)
+            digest = getattr(handle, "digest", None)
+            if digest is None:
+                self.counters.unverified_versions += 1
+                log.warning(
+                    "model %s version %s has no recorded digest (tag storeml.bundle_sha256): its files are checked"
+                    " only against its own index.json, which whoever can write the artifact store"
+                    " can rewrite; retrain it, or record its digest with `storeml models seal`",
+                    handle.name,
+                    handle.version,
+                )
+            bundle = StoreModelBundle(
+                folder,
+                vectorise=self.vectorise,
+                digest=digest,
+                label=f"model {handle.name} version {handle.version}",
+                _lru=self._lru,
+            )
             self._bundles[key] = bundle
             while len(self._bundles) > self.max_versions:
                 _, old = self._bundles.popitem(last=False)
@@ -484,11 +557,13 @@ class ModelCache:
                     " filesystem or a remote artifact store)"
                 )
             return local
+        if self._checked_dir is None:  # once per cache: refuse a folder others could seed
+            self._checked_dir = private_dir(self.cache_dir)
         digest = hashlib.sha256(handle.source.encode()).hexdigest()[:12]
-        target = self.cache_dir / quote(handle.name, safe="") / f"{handle.version}-{digest}"
+        target = self._checked_dir / quote(handle.name, safe="") / f"{handle.version}-{digest}"
         if (target / INDEX_FILE).exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         started = time.perf_counter()
         try:
@@ -537,13 +612,6 @@ class ModelCache:
             for bundle in self._bundles.values():
                 bundle.release()
             self._bundles.clear()
-
-
-def _user() -> str:
-    try:
-        return str(os.getuid())
-    except AttributeError:  # Windows
-        return os.environ.get("USERNAME", "user")
 
 
 _cache: ModelCache | None = None

@@ -2,8 +2,9 @@
 
 ``validate`` and ``train`` a model package; ``list`` the registered models; ``promote`` a version
 to an alias (``champion`` is served, ``challenger`` scored in shadow); ``compare`` two versions'
-per-store test metrics. The registry work lives in :mod:`storeml.connectors.mlflow_registry` and
-the comparison in :mod:`storeml.batch.packages`: these commands only print.
+per-store test metrics; ``seal`` an older version with its digest. The registry work lives in
+:mod:`storeml.connectors.mlflow_registry` and the comparison in :mod:`storeml.batch.packages`:
+these commands only print.
 
 Added to the main command with ``main.add_command(models)``; the subcommands use the settings the
 main command built (``ctx.obj["settings"]``), or load them when run on their own.
@@ -214,6 +215,26 @@ def promote_cmd(ctx: click.Context, name: str, version: str, alias: str | None) 
     old = previous.version if previous is not None else "(none)"
     note = " (unchanged)" if previous is not None and previous.version == handle.version else ""
     click.echo(f"{name}@{target_alias}: version {old} -> {handle.version}{note}")
+
+
+@models.command("seal")
+@click.argument("name")
+@click.option("--version", "version", required=True, help="Version number to record a digest for.")
+@click.pass_context
+def seal_cmd(ctx: click.Context, name: str, version: str) -> None:
+    """Record the SHA-256 of version VERSION's index.json (a version registered without one).
+
+    The digest blesses the artifacts as they are now: seal only versions whose files you trust.
+    Versions trained by this storeml record theirs at registration.
+    """
+    from storeml.connectors.mlflow_registry import record_digest
+
+    settings = settings_of(ctx)
+    try:
+        handle = record_digest(settings.tracking_uri, settings.registry_uri, name, version)
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name} version {handle.version}: storeml.bundle_sha256 = {handle.digest}")
 
 
 @models.command("compare")

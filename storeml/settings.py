@@ -191,7 +191,11 @@ class Settings(BaseSettings):
         default="storeml-product-category",
         description="Registered model predicting the top-5 categories of uncategorised products.",
     )
-    serving_alias: str = Field(default="champion", description="Registry alias the stream serves.")
+    serving_alias: str = Field(
+        default="champion",
+        description="Registry alias the stream serves; missing at start is an error, removed while"
+        " running keeps the version served last; empty serves no model (profiles unscored).",
+    )
     shadow_alias: str = Field(
         default="challenger",
         description="Registry alias scored in shadow beside the served model (its scores go to"
@@ -201,6 +205,20 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="Store models kept per process (least recently used evicted).",
+    )
+    # model artifacts and registry resilience (docs/model-packages.md)
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Private folder (0700, refused when another user owns it or others may write"
+        " to it) for versions downloaded from a remote artifact store; default"
+        " $XDG_CACHE_HOME/storeml/models or ~/.cache/storeml/models. Spark executors get it as"
+        " STOREML_MODEL_CACHE_DIR.",
+    )
+    mlflow_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a micro-batch waits for the MLflow registry to resolve its aliases;"
+        " past it (or on a registry error) the stream serves the versions it resolved last.",
     )
 
     # --- Spark / the stream ------------------------------------------------------------------
@@ -324,6 +342,7 @@ class Settings(BaseSettings):
         "checkpoint_dir",
         "lake_dir",
         "state_cache_dir",
+        "model_cache_dir",
         "redis_ssl_ca_certs",
         "redis_ssl_certfile",
         "redis_ssl_keyfile",

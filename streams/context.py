@@ -67,6 +67,7 @@ class JobContext:
     until_ms: int | None = None
     profiles_dir: str | None = None
     publish: bool = True
+    registry_timeout_s: float = 5.0
     max_event_future_ms: int = 86_400_000
     dead_letter_max_bytes: int = 1_000_000
     mlflow_username: str | None = None
@@ -141,6 +142,7 @@ def _job_context(settings: Settings, checkpoint: str | None, state_id: str) -> J
         state_cache_mb=settings.state_cache_mb,
         state_ttl_ms=int(settings.state_ttl_hours * 3_600_000),
         state_expire_redis=settings.state_expire_redis,
+        registry_timeout_s=settings.mlflow_timeout_seconds,
         max_event_future_ms=int(settings.max_event_future_seconds * 1000),
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
         mlflow_username=settings.mlflow_username,

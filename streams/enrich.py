@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from storeml.connectors.registry_aliases import AliasResolver
 from storeml.settings import Settings
 from storeml.streams.context import JobContext, job_context
 from storeml.streams.decode import DECODE_STATS, decode_batches, decode_frames, decode_schema
@@ -112,6 +113,7 @@ class BatchReport:
     model_cache: dict[str, float]
     tasks: int = 0  # Spark tasks per stage (read, enrich): 1 for a small batch
     state: dict[str, int] = field(default_factory=dict)  # state reads/writes, summed over tasks
+    registry: dict[str, float] = field(default_factory=dict)  # alias resolution (RegistryCounts)
 
 
 class EnrichBatch:
@@ -128,21 +130,23 @@ class EnrichBatch:
         self._compacted_at = time.monotonic()
         self._started = False
         self._cleaner: Future[int] | None = None
+        self._aliases = AliasResolver(ctx.tracking_uri, ctx.registry_uri, ctx.registry_timeout_s)
 
     def resolve_models(self, alias: str | None = None) -> dict[str, Any]:
         """Current targets of ``alias`` (default: the served one) per kind (driver side; a few ms).
 
-        An empty alias (shadow scoring disabled) resolves to no model.
+        An empty alias (shadow scoring disabled) resolves to no model. The served alias missing
+        at start raises :class:`~storeml.errors.ModelError`, the registry down at start
+        :class:`~storeml.errors.ConnectorError`; later, both keep the versions resolved last and
+        are counted in the batch report's ``registry`` (see
+        :mod:`storeml.connectors.registry_aliases`). Any other alias is an optional shadow.
         """
-        from storeml.connectors.mlflow_registry import resolve_alias
-
         ctx = self.ctx
-        alias = ctx.serving_alias if alias is None else alias
+        required = alias is None or alias == ctx.serving_alias
         models = {"customer": ctx.customer_model, "product": ctx.product_model}
-        return {
-            kind: resolve_alias(ctx.tracking_uri, ctx.registry_uri, name, alias) if alias else None
-            for kind, name in models.items()
-        }
+        return self._aliases.resolve(
+            models, ctx.serving_alias if alias is None else alias, required=required
+        )
 
     def _commit_state(self, batch_id: int, metrics: list[Any]) -> dict[str, int]:
         """Write the batch's state manifest (its commit), start a due cleaning; sum the counters."""
@@ -247,6 +251,7 @@ class EnrichBatch:
             model_cache=cache_totals(metrics),
             tasks=partitions,
             state=state,
+            registry=self._aliases.take_counts(),
         )
         self.reports.append(report)
         self._maybe_compact()

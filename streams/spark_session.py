@@ -58,6 +58,8 @@ def spark_conf(settings: Settings, app_name: str = "storeml", **conf: Any) -> di
         "spark.ui.showConsoleProgress": "false",
         **settings.spark_conf,
     }
+    if settings.model_cache_dir is not None:  # read by the executors' model cache
+        base.setdefault("spark.executorEnv.STOREML_MODEL_CACHE_DIR", str(settings.model_cache_dir))
     base.update(conf)
     return {key: _as_conf_value(value) for key, value in base.items()}
 

@@ -350,3 +350,174 @@ def test_model_cache_can_turn_the_fast_path_off(tmp_path: Path) -> None:
     )
     assert on.stats()["vectorised_rows"] == 10 and on.stats()["loads"] == 0
     assert off.stats()["vectorised_rows"] == 0 and off.stats()["loads"] == 1
+
+
+# --- integrity: digests recorded at registration, checked on load; the private download cache --
+def _register_bundle(tmp_path: Path, tracking_uri: str, artifact_root: str, name: str) -> Any:
+    """A real registration on the MLflow store: log a two-store bundle, register it (with digest)."""
+    import mlflow
+
+    from storeml.connectors.mlflow_registry import (
+        configure,
+        ensure_experiment,
+        log_bundle_model,
+        register_bundle,
+    )
+    from storeml.models.bundle_integrity import bundle_digest
+    from storeml.models.store_models import make_pyfunc_model
+
+    rng = np.random.default_rng(5)
+    x, y = _training(rng)
+    model = LogisticRegression().fit(x, y)
+    folder = write_bundle(
+        tmp_path / name / "stores",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models={"s1": model, "s2": _perturbed(model, rng)},
+        global_model=model,
+    )
+    configure(tracking_uri)
+    experiment = ensure_experiment(name, f"{artifact_root}/{name}", tracking_uri=tracking_uri)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = log_bundle_model(folder, make_pyfunc_model(), ["storeml"])
+    return register_bundle(
+        tracking_uri,
+        None,
+        name,
+        info.model_uri,
+        run_id=run.info.run_id,
+        alias="champion",
+        digest=bundle_digest(folder),
+    )
+
+
+def _remote(handle: Any, tracking_uri: str) -> Any:
+    """The same version with its ``models:/`` source, which the cache downloads (not a folder)."""
+    from storeml.connectors.mlflow_registry import get_client
+
+    logged = str(get_client(tracking_uri).get_model_version(handle.name, handle.version).source)
+    return ModelHandle(handle.name, handle.version, None, logged, digest=handle.digest)
+
+
+def test_registration_records_the_digest_and_a_tampered_download_is_refused(
+    tmp_path: Path, mlflow_uris: Any, unique: str
+) -> None:
+    from storeml.connectors.mlflow_registry import DIGEST_TAG, get_client, resolve_alias
+    from storeml.errors import ModelError
+    from storeml.models.bundle_integrity import file_sha256
+
+    tracking = mlflow_uris.tracking_uri
+    name = f"test-{unique}-digest"
+    handle = _register_bundle(tmp_path, tracking, mlflow_uris.artifact_root, name)
+    tags = get_client(tracking).get_model_version(name, handle.version).tags
+    assert tags[DIGEST_TAG] == handle.digest and len(handle.digest) == 64
+    resolved = resolve_alias(tracking, None, name, "champion")
+    assert resolved is not None and resolved.digest == handle.digest
+
+    remote = _remote(handle, tracking)
+    cache = ModelCache(cache_dir=tmp_path / "cache")
+    bundle = cache.bundle(remote, tracking)
+    index = json.loads((bundle.folder / "index.json").read_text())
+    assert file_sha256(bundle.folder / "index.json") == handle.digest
+    for entry in [*index["stores"].values(), index["global"], index["linear"]]:
+        assert entry["sha256"] == file_sha256(bundle.folder / entry["file"])
+    assert bundle.model_for("s1")[1] == "store"  # the untouched download loads
+    assert cache.stats()["unverified_versions"] == 0
+
+    # another user of the host (or a bad disk) rewrites one downloaded store file
+    victim = bundle.folder / index["stores"]["s2"]["file"]
+    joblib_bytes = (bundle.folder / index["stores"]["s1"]["file"]).read_bytes()
+    victim.write_bytes(joblib_bytes)  # a valid pickle, just not the one registered
+    fresh = ModelCache(cache_dir=tmp_path / "cache")  # a new worker reuses the host's download
+    opened = fresh.bundle(remote, tracking)
+    assert opened.folder == bundle.folder
+    assert opened.model_for("s1")[1] == "store"
+    with pytest.raises(ModelError) as failed:
+        opened.model_for("s2")
+    message = str(failed.value)
+    assert str(victim) in message and name in message and f"version {handle.version}" in message
+    assert "SHA-256" in message
+
+    # a rewritten index.json (to list the tampered file's digest) fails against the registry's tag
+    index["stores"]["s2"]["sha256"] = file_sha256(victim)
+    (bundle.folder / "index.json").write_text(json.dumps(index, sort_keys=True))
+    with pytest.raises(ModelError, match="index.json has SHA-256"):
+        ModelCache(cache_dir=tmp_path / "cache").bundle(remote, tracking)
+
+
+def test_a_sealed_index_must_list_every_digest_and_unsealed_versions_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from storeml.errors import ModelError
+    from storeml.models.bundle_integrity import bundle_digest
+
+    rng = np.random.default_rng(9)
+    x, y = _training(rng)
+    root = write_bundle(
+        tmp_path / "b" / "artifacts" / "stores",
+        kind="customer",
+        features=CUSTOMER_FEATURES,
+        store_models={"s1": LogisticRegression().fit(x, y)},
+        global_model=None,
+        linear=False,
+    )
+    index = json.loads((root / "index.json").read_text())
+    del index["stores"]["s1"]["sha256"]
+    (root / "index.json").write_text(json.dumps(index))
+    sealed = StoreModelBundle(root, digest=bundle_digest(root), label="model m version 3")
+    with pytest.raises(ModelError, match="model m version 3: index.json lists stores/s1.joblib"):
+        sealed.model_for("s1")
+    # a version registered before digests: loaded, warned about, counted
+    cache = ModelCache()
+    with caplog.at_level("WARNING", logger="storeml.models"):
+        bundle = cache.bundle(ModelHandle("m", "3", None, (tmp_path / "b").as_uri()))
+    assert bundle.model_for("s1")[1] == "store"
+    assert cache.stats()["unverified_versions"] == 1
+    assert any("has no recorded digest" in r.getMessage() for r in caplog.records)
+
+
+def test_the_download_cache_is_private_and_a_foreign_or_open_folder_is_refused(
+    tmp_path: Path, mlflow_uris: Any, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    from storeml.errors import ConfigError
+    from storeml.models.bundle_integrity import CACHE_DIR_ENV, default_cache_dir
+
+    # the default is per user (XDG cache folder), never a shared temporary folder
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "storeml" / "models"
+    assert ModelCache().cache_dir == default_cache_dir()
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "configured"))
+    assert ModelCache().cache_dir == tmp_path / "configured"
+
+    tracking = mlflow_uris.tracking_uri
+    name = f"test-{unique}-cache"
+    remote = _remote(_register_bundle(tmp_path, tracking, mlflow_uris.artifact_root, name), tracking)
+    fresh = tmp_path / "fresh" / "models"
+    bundle = ModelCache(cache_dir=fresh).bundle(remote, tracking)
+    assert bundle.folder.is_relative_to(fresh)
+    info = fresh.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid()
+    assert stat.S_IMODE(bundle.folder.parent.stat().st_mode) == 0o700
+
+    # pre-created by someone who left it open to the group / the world
+    for mode in (0o777, 0o770):
+        seeded = tmp_path / f"open-{mode:o}"
+        seeded.mkdir()
+        seeded.chmod(mode)
+        with pytest.raises(ConfigError, match=f"writable by its group or by others .*{mode:o}"):
+            ModelCache(cache_dir=seeded).bundle(remote, tracking)
+        assert not any(seeded.iterdir()), "nothing may be downloaded into a refused folder"
+
+    # pre-created by another local user (a chown needs root; the check itself does not)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    if os.getuid() != 0:
+        pytest.skip("chown to another user needs root")
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534, not by this user"):
+        ModelCache(cache_dir=foreign).bundle(remote, tracking)
+    assert not any(foreign.iterdir())

@@ -329,7 +329,13 @@ def test_idle_customers_expire_from_state_and_redis_and_come_back_afresh(
     from storeml.streams.enrich import start_enrichment
 
     settings = settings.model_copy(
-        update={"state_ttl_hours": 2 / 3600, "state_expire_redis": True, "shadow_alias": ""}
+        # no model trained: serve none on purpose (a missing alias would stop the stream)
+        update={
+            "state_ttl_hours": 2 / 3600,
+            "state_expire_redis": True,
+            "serving_alias": "",
+            "shadow_alias": "",
+        }
     )
     first = produce(settings, GeneratorConfig(stores=3, events=1_500, seed=41))
 
