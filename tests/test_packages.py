@@ -553,6 +553,20 @@ def test_custom_code_package_trains_and_its_models_predict(
     out = model.predict(products)
     assert [1 <= len(p) <= 5 for p in out["predicted_categories"]] == [True, True]
 
+    # the version records its digest; the executors' cache checks the files (code inside) first
+    from storeml.errors import ModelError
+    from storeml.models.store_models import ModelCache
+
+    assert handle.digest and client.get_model_version(name, "1").tags["storeml.bundle_sha256"]
+    bundle = ModelCache().bundle(handle)
+    store = bundle.stores[0]
+    assert bundle.model_for(store)[1] == "store"
+    store_file = bundle.folder / bundle.index["stores"][store]["file"]
+    with store_file.open("ab") as out_file:  # e.g. someone appends to the artifact in place
+        out_file.write(b"\0")
+    with pytest.raises(ModelError, match=f"{name} version 1: file {store_file} has SHA-256"):
+        ModelCache().bundle(handle).model_for(store)
+
 
 # --- comparison (pure) -----------------------------------------------------------------------
 def test_compare_store_metrics_side_by_side_with_an_aggregate_row() -> None:
