@@ -388,7 +388,8 @@ def lake_compact_cmd(ctx: click.Context) -> None:
         done = compact_all(settings.lake_path)
     except StoremlError as exc:
         raise click.ClickException(str(exc)) from exc
+    held = f"; {done.waiting_files} held by a reader" if done.waiting_files else ""
     click.echo(
-        f"{settings.lake_path}: {done.incoming_files} incoming files ({done.events:,} events)"
-        " compacted"
+        f"{settings.lake_path}: {done.incoming_files} incoming files ({done.events:,} events,"
+        f" {done.duplicates:,} already in the lake) compacted{held}"
     )
