@@ -238,6 +238,10 @@ def recompute(
             metrics = job.collect()
     finally:
         spark.conf.set(batch_rows, previous)
+        if source == "lake" and settings.lake_path is not None:  # compactions may delete again
+            from storeml.connectors.lake_reader import release_lake
+
+            release_lake(settings.lake_path)
     chunking = [json.loads(row.state) for row in metrics if row.state]
     per_store: dict[str, list[int]] = {}
     for row in metrics:
