@@ -51,7 +51,7 @@ def export_latest_profiles(
     spark: SparkSession, settings: Settings, output: str | Path
 ) -> LatestSummary:
     """Write the stream's latest profiles under ``output`` (``<output>/customer|product/``)."""
-    from storeml.streams.enrich import check_checkpoint
+    from storeml.streams.checkpoint import check_checkpoint
 
     started = time.perf_counter()
     checkpoint = settings.checkpoint_path

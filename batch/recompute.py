@@ -181,6 +181,7 @@ def recompute(
     from pyspark.sql import functions as F
 
     from storeml.batch.recompute_task import recompute_task
+    from storeml.streams.checkpoint import GENERATION_STEP, current_generation
     from storeml.streams.enrich import (
         DECODE_STATS,
         EnrichBatch,
@@ -213,6 +214,8 @@ def recompute(
         until_ms=as_of_ms,
         profiles_dir=output,
         publish=publish,
+        # the live profiles' generation, so that the recompute's versions are the stream's
+        version_base=current_generation(settings, ask_redis=publish) * GENERATION_STEP,
     )
     resolver = EnrichBatch(ctx)
     handles = resolver.resolve_models()

@@ -22,10 +22,10 @@ def seed_state(settings: Any, stores: int, entities: int, now_ms: int) -> dict[s
     from storeml.connectors.synthetic import GeneratorConfig, store_ids
     from storeml.models.events import buckets_of
     from storeml.models.profiles import StateDelta, state_table
-    from storeml.streams.enrich import check_checkpoint
+    from storeml.streams.checkpoint import check_checkpoint
 
     started = time.perf_counter()
-    state_id = check_checkpoint(settings.checkpoint_path, settings)
+    state_id = check_checkpoint(settings.checkpoint_path, settings).state_id
     root = settings.checkpoint_path / "profile-state"
     version = latest_version(root)
     store = StateStore(

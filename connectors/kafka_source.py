@@ -464,13 +464,14 @@ def _read_range(
                         raise ConnectorError(
                             f"{where}: the log ends at offset {offset} but this batch"
                             f" planned to read up to {part.end} (exclusive): records were lost"
-                            " (broker restarted or topic recreated); restart the query from a new"
-                            " checkpoint"
+                            " (broker restarted or topic recreated); start a new checkpoint with"
+                            " `storeml stream reset` (profiles keep updating: a new generation)"
                         )
                     raise ConnectorError(
                         f"{where}: cannot read from offset {next_offset} (planned"
                         f" {part.start}..{part.end}): {error}. Records deleted by retention before"
-                        " they were read cannot be recovered; restart from a new checkpoint"
+                        " they were read cannot be recovered; start a new checkpoint with"
+                        " `storeml stream reset`"
                     )
                 if offset >= part.end:
                     done = True
@@ -641,7 +642,8 @@ class KafkaStreamReader(KafkaRangeReader, DataSourceStreamReader, SupportsTrigge
         if lost:
             raise ConnectorError(
                 "the checkpoint is ahead of the broker (" + "; ".join(lost) + "): the topic was"
-                " recreated or the broker lost its data; start the query from a new checkpoint"
+                " recreated or the broker lost its data; start a new checkpoint with"
+                " `storeml stream reset`"
             )
         self._latest = {**begin, **high}
         if self._target is not None:

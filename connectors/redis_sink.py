@@ -72,6 +72,14 @@ KEEP_WHEN_UNAVAILABLE = {
     "product": ("predicted_categories", "model"),
 }
 
+_RAISE_GENERATION = """
+local current = redis.call('HGET', KEYS[1], 'generation')
+if not current or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'generation', ARGV[1])
+end
+return 1
+"""
+
 _GUARDED_DELETE = """
 local current = redis.call('HGET', KEYS[1], 'profile_version')
 if current and tonumber(current) > tonumber(ARGV[1]) then
@@ -229,6 +237,26 @@ class RedisProfileSink(Sink):
         return int(
             self._with_retry(run, f"Redis delete of {len(calls)} expired {kind} profiles")
         )
+
+    def generation(self) -> int | None:
+        """The highest profile generation recorded under this prefix, None when none is."""
+        self.ensure_setup()
+        value = self._with_retry(
+            lambda: self._client.hget(self._meta_key, "generation"), "Redis read of the generation"
+        )
+        return None if value is None else int(value)
+
+    def record_generation(self, generation: int) -> None:
+        """Record ``generation`` as in use (the record only ever rises)."""
+        self.ensure_setup()
+        self._with_retry(
+            lambda: self._client.eval(_RAISE_GENERATION, 1, self._meta_key, int(generation)),
+            "Redis write of the generation",
+        )
+
+    @property
+    def _meta_key(self) -> str:
+        return f"{self.prefix}:meta"
 
     def _execute(self, calls: list[tuple[str, Any, tuple[str, ...], list[str]]]) -> list[Any]:
         """One pipeline of EVALSHA calls of the guard (cheaper per call than redis-py's Script)."""

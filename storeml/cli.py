@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +326,8 @@ def stream_run(
     query, _ = _run(
         lambda: start_enrichment(spark, settings, available_now=available_now, on_batch=report)
     )
-    signal.signal(signal.SIGTERM, lambda *_: query.stop())
+    # stop from another thread: the main one is inside a py4j call (awaitTermination) already
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=query.stop).start())
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
@@ -335,6 +337,47 @@ def stream_run(
         spark.stop()
     if error is not None:
         raise click.ClickException(f"stream failed: {error}")
+
+
+@stream.command("reset")
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False),
+    envvar="STOREML_CHECKPOINT_DIR",
+    show_envvar=True,
+    help="Checkpoint folder [default: <home>/checkpoints/enrich].",
+)
+@click.option("--delete", is_flag=True, help="Delete the old checkpoint instead of moving it aside.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def stream_reset(ctx: click.Context, checkpoint: str | None, delete: bool, yes: bool) -> None:
+    """Start the stream on a new checkpoint, one profile generation up (stop the stream first).
+
+    The profiles of the new checkpoint rank above every profile published before (their
+    profile_version carries the generation), so Redis and consumers keep updating. The new state
+    starts from what the input topics still hold; older history is in the event lake
+    (`storeml recompute`).
+    """
+    from storeml.streams.checkpoint import reset_checkpoint
+
+    settings = settings_of(ctx)
+    if checkpoint is not None:
+        settings = settings.model_copy(update={"checkpoint_dir": Path(checkpoint).absolute()})
+    where = settings.checkpoint_path
+    if not yes:
+        action = "delete" if delete else "move aside"
+        click.confirm(
+            f"Stop the stream first. Reset {where} ({action} the old checkpoint)?", abort=True
+        )
+    done = _run(lambda: reset_checkpoint(settings, delete=delete))
+    old = "none" if done.old_generation is None else str(done.old_generation)
+    click.echo(f"new checkpoint {done.checkpoint}: generation {done.meta.generation} (was {old})")
+    if done.moved_to is not None:
+        click.echo(f"old checkpoint moved to {done.moved_to}; delete it when no longer needed")
+    click.echo(
+        f"profile_version of new profiles starts at {done.meta.version_base:,}; start the stream"
+        " with `storeml stream run`"
+    )
 
 
 # --- lookups -----------------------------------------------------------------------------------

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     topic_customer_profiles: str = "storeml.customer-profiles"
     topic_product_profiles: str = "storeml.product-profiles"
     topic_dead_letter: str = "storeml.dead-letter"
+    topic_notices: str = Field(
+        default="storeml.notices",
+        description="Operational notices (JSON), e.g. a store model that failed while scoring;"
+        " empty: logged only.",
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of topics storeml creates."
     )
@@ -158,6 +163,12 @@ class Settings(BaseSettings):
         description="rediss://: server certificate check; 'none' disables it (testing only).",
     )
     redis_prefix: str = Field(default="storeml", description="Prefix of every feature-store key.")
+    redis_retry_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a Redis write waits out an outage (retried with backoff, 0.2 s to"
+        " 5 s) before the micro-batch fails and is replayed on restart.",
+    )
 
     # --- MLflow ------------------------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(
@@ -418,6 +429,7 @@ class Settings(BaseSettings):
             self.topic_customer_profiles,
             self.topic_product_profiles,
             self.topic_dead_letter,
+            *([self.topic_notices] if self.topic_notices else []),
         ]
 
     @property

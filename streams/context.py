@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from storeml.connectors.redis_client import RedisTarget
 from storeml.settings import Settings
 
-__all__ = ["JobContext", "job_context", "client"]
+__all__ = ["JobContext", "job_context", "client", "drop_client", "transactional_prefix"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,12 @@ class JobContext:
     until_ms: int | None = None
     profiles_dir: str | None = None
     publish: bool = True
-    registry_timeout_s: float = 5.0
     max_event_future_ms: int = 86_400_000
     dead_letter_max_bytes: int = 1_000_000
+    notices_topic: str | None = None
+    registry_timeout_s: float = 5.0
+    redis_retry_seconds: float = 300.0
+    version_base: int = 0  # added to every published profile_version (the checkpoint's generation)
     mlflow_username: str | None = None
     mlflow_password: SecretStr | None = None
     mlflow_token: SecretStr | None = None
@@ -132,9 +135,7 @@ def _job_context(settings: Settings, checkpoint: str | None, state_id: str) -> J
         serving_alias=settings.serving_alias,
         shadow_alias=settings.shadow_alias,
         model_cache_size=settings.model_cache_size,
-        transactional_prefix=(
-            f"storeml-enrich-{abs(hash(root)) % 10**8}" if settings.kafka_transactions else None
-        ),
+        transactional_prefix=transactional_prefix(root) if settings.kafka_transactions else None,
         lake_root=str(settings.lake_path) if settings.lake_path else None,
         lake_compact_seconds=settings.lake_compact_seconds,
         state_id=state_id,
@@ -142,9 +143,11 @@ def _job_context(settings: Settings, checkpoint: str | None, state_id: str) -> J
         state_cache_mb=settings.state_cache_mb,
         state_ttl_ms=int(settings.state_ttl_hours * 3_600_000),
         state_expire_redis=settings.state_expire_redis,
-        registry_timeout_s=settings.mlflow_timeout_seconds,
         max_event_future_ms=int(settings.max_event_future_seconds * 1000),
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        notices_topic=settings.topic_notices or None,
+        registry_timeout_s=settings.mlflow_timeout_seconds,
+        redis_retry_seconds=settings.redis_retry_seconds,
         mlflow_username=settings.mlflow_username,
         mlflow_password=settings.mlflow_password,
         mlflow_token=settings.mlflow_token,
@@ -168,10 +171,31 @@ def _key_part(value: Any) -> Any:
     return str(value)
 
 
+def _client_key(kind: type, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (kind, *(json.dumps(a, sort_keys=True, default=_key_part) for a in args))
+
+
 def client(kind: type, *args: Any) -> Any:
     """This process's ``kind(*args)``, built on first use (connectors connect lazily)."""
-    key = (kind, *(json.dumps(a, sort_keys=True, default=_key_part) for a in args))
+    key = _client_key(kind, args)
     client = _clients.get(key)
     if client is None:
         client = _clients[key] = kind(*args)
     return client
+
+
+def drop_client(kind: type, *args: Any) -> None:
+    """Forget this process's ``kind(*args)`` (a broken one: the next :func:`client` builds anew)."""
+    _clients.pop(_client_key(kind, args), None)
+
+
+def transactional_prefix(checkpoint: str) -> str:
+    """Transactional ids' prefix for a checkpoint: the same in every process and every restart.
+
+    Each enrich task adds its index (``-task<p>of<n>``), so the producer of a restarted driver or
+    of another worker fences the previous holder of its id, and a crashed producer's open
+    transaction is aborted instead of lingering.
+    """
+    import hashlib
+
+    return f"storeml-enrich-{hashlib.sha256(checkpoint.encode()).hexdigest()[:16]}"

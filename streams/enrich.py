@@ -25,6 +25,7 @@ records (same offsets, same state version), which the sinks absorb (see ``connec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -36,6 +37,7 @@ from typing import Any
 
 from storeml.connectors.registry_aliases import AliasResolver
 from storeml.settings import Settings
+from storeml.streams.checkpoint import check_checkpoint
 from storeml.streams.context import JobContext, job_context
 from storeml.streams.decode import DECODE_STATS, decode_batches, decode_frames, decode_schema
 from storeml.streams.publish import (
@@ -62,6 +64,7 @@ from storeml.streams.tasks import (
 
 __all__ = [
     "EnrichBatch",
+    "publish_notices",
     "BatchReport",
     "start_enrichment",
     "source_options",
@@ -114,6 +117,7 @@ class BatchReport:
     tasks: int = 0  # Spark tasks per stage (read, enrich): 1 for a small batch
     state: dict[str, int] = field(default_factory=dict)  # state reads/writes, summed over tasks
     registry: dict[str, float] = field(default_factory=dict)  # alias resolution (RegistryCounts)
+    model_faults: int = 0  # model failures while scoring (each also a notice record)
 
 
 class EnrichBatch:
@@ -236,6 +240,8 @@ class EnrichBatch:
         metrics = job.collect()
         state = self._commit_state(batch_id, metrics)
         totals = batch_totals(metrics)
+        if totals["faults"]:
+            publish_notices(self.ctx, batch_id, totals["faults"], totals["fault_count"])
         report = BatchReport(
             batch_id=batch_id,
             events=totals["events"],
@@ -251,6 +257,7 @@ class EnrichBatch:
             model_cache=cache_totals(metrics),
             tasks=partitions,
             state=state,
+            model_faults=totals["fault_count"],
             registry=self._aliases.take_counts(),
         )
         self.reports.append(report)
@@ -270,6 +277,53 @@ class EnrichBatch:
         )
         if self.on_batch is not None:
             self.on_batch(report)
+
+
+def publish_notices(
+    ctx: JobContext, batch_id: int, faults: list[dict[str, Any]], count: int
+) -> None:
+    """Log the batch's model failures and send one notice record per failure (driver side).
+
+    Notices are JSON values on ``ctx.notices_topic`` keyed by store (empty for a whole model
+    version), with a ``storeml.notice`` header naming their kind; the monitor and operators read
+    them. A replayed batch sends its notices again (at least once, like the dead letters). A
+    failure to send is logged: the profiles are already written.
+    """
+    from storeml.connectors.kafka_sink import KafkaRecordSink
+    from storeml.errors import ConnectorError
+    from storeml.streams.context import client
+
+    for fault in faults[:10]:
+        log.warning(
+            "batch %d: %s model %s:%s (%s) failed for %s: %s; %d rows served by the fallback",
+            batch_id,
+            fault["kind"],
+            fault["model"],
+            fault["version"],
+            fault["role"],
+            f"store {fault['store_id']!r}" if fault["store_id"] is not None else "every store",
+            fault["error"],
+            fault["rows"],
+        )
+    if count > 10:
+        log.warning(
+            "batch %d: %d model failures in all (notices on %s)", batch_id, count, ctx.notices_topic
+        )
+    if not ctx.notices_topic:
+        return
+    producer: KafkaRecordSink = client(KafkaRecordSink, ctx.kafka, None)
+    try:
+        for fault in faults:
+            value = {"notice": "model_fault", "batch_id": batch_id, **fault}
+            producer.produce(
+                ctx.notices_topic,
+                (fault["store_id"] or "").encode(),
+                json.dumps(value, sort_keys=True).encode(),
+                [("storeml.notice", b"model_fault")],
+            )
+        producer.flush(30)
+    except ConnectorError as exc:
+        log.error("batch %d: notices not sent: %s", batch_id, exc)
 
 
 _driver_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storeml-state-clean")
@@ -338,8 +392,10 @@ def start_enrichment(
     from storeml.streams.event_source import EVENT_SOURCE_NAME, EventSource, context_option
 
     checkpoint = settings.checkpoint_path
-    state_id = check_checkpoint(checkpoint, settings)
-    ctx = job_context(settings, str(checkpoint), state_id)
+    meta = check_checkpoint(checkpoint, settings)
+    ctx = dataclasses.replace(
+        job_context(settings, str(checkpoint), meta.state_id), version_base=meta.version_base
+    )
     spark.dataSource.register(EventSource)
     tasks = settings.source_tasks or shuffle_partitions(spark)
     reader = (
@@ -359,42 +415,6 @@ def start_enrichment(
     else:
         writer = writer.trigger(processingTime=f"{settings.trigger_seconds} seconds")
     return writer.start(), handler
-
-
-def check_checkpoint(checkpoint: Any, settings: Settings) -> str:
-    """Refuse to reuse a checkpoint with another state layout; returns the checkpoint's state id.
-
-    The id (made when the checkpoint is) names the hosts' working copies of the state, so a new
-    checkpoint at the same path never picks up an old copy.
-    """
-    import uuid
-    from pathlib import Path
-
-    from storeml.errors import ConfigError
-
-    meta_path = Path(checkpoint) / "storeml.json"
-    if (Path(checkpoint) / "profile-state" / "bucket=00000").exists():
-        raise ConfigError(
-            f"{checkpoint}: the checkpoint holds profile state in the layout of storeml before"
-            " entity-keyed state; start from a new STOREML_CHECKPOINT_DIR (run `storeml recompute`"
-            " to rebuild the profiles from the event lake)"
-        )
-    if meta_path.exists():
-        stored = json.loads(meta_path.read_text())
-        if stored.get("state_buckets") != settings.state_buckets:
-            raise ConfigError(
-                f"{meta_path}: checkpoint was written with state_buckets="
-                f"{stored.get('state_buckets')}, settings say {settings.state_buckets}; keep"
-                " STOREML_STATE_BUCKETS as it was or start from a new STOREML_CHECKPOINT_DIR"
-            )
-        if "state_id" in stored:
-            return str(stored["state_id"])
-        meta = {**stored, "state_id": uuid.uuid4().hex}
-    else:
-        meta = {"state_buckets": settings.state_buckets, "state_id": uuid.uuid4().hex}
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta))
-    return str(meta["state_id"])
 
 
 def report_dict(report: BatchReport) -> dict[str, Any]:

@@ -185,6 +185,9 @@ def publish_profiles(
     from storeml.models.store_models import get_model_cache
 
     cache = get_model_cache(ctx.model_cache_size)
+    if ctx.version_base:  # the checkpoint's generation (streams/checkpoint.py)
+        customers = _rebase(customers, ctx.version_base)
+        products = _rebase(products, ctx.version_base)
 
     def scorer(handle: Any) -> Scorer:
         """The opened version; one that cannot be opened leaves its rows to the fallback."""
@@ -292,9 +295,17 @@ def expire_profiles(ctx: JobContext, expired: dict[str, pd.DataFrame]) -> None:
     ):
         gone = expired.get(table)
         if gone is not None and len(gone):
+            gone = _rebase(gone, ctx.version_base)
             redis_sink.delete(
                 kind, zip(gone["store_id"], gone[id_field], gone["profile_version"], strict=True)
             )
+
+
+def _rebase(frame: pd.DataFrame, base: int) -> pd.DataFrame:
+    """``frame`` with ``base`` added to ``profile_version`` (a no-op for base 0)."""
+    if not base:
+        return frame
+    return frame.assign(profile_version=frame["profile_version"].astype("int64") + base)
 
 
 def _per_store(customers: pd.DataFrame, products: pd.DataFrame) -> dict[str, list[int]]:

@@ -86,7 +86,9 @@ def test_a_failing_global_model_leaves_only_its_rows_unavailable(tmp_path: Path)
         tmp_path, "b", {"a": CountingEstimator("a", first=0.2)}, RaisingEstimator("global")
     )
     faults: list[ScoringFault] = []
-    scored = score_customers(profiles, StoreModelBundle(folder), None, model_name="m", faults=faults)
+    scored = score_customers(
+        profiles, StoreModelBundle(folder), None, model_name="m", faults=faults
+    )
     scopes = dict(zip(scored["store_id"], (m["scope"] for m in scored["model"]), strict=False))
     assert scopes == {"a": "store", "nomodel": "unavailable"}
     assert scored.loc[scored["store_id"] == "nomodel", "propensity"].isna().all()
