@@ -189,3 +189,76 @@ def test_alias_move_is_served_next_batch_without_restart_and_challenger_shadows(
     last = got_c[(store, customer)]
     assert profile["model"] == last["model"]
     assert profile.get("shadow") == last["shadow"]
+
+
+def test_a_deleted_alias_and_a_locked_registry_mid_run_keep_serving_the_last_version(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """One running query: the champion alias is deleted, then the SQLite registry is locked."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from storeml.batch.history import train_on_synthetic
+    from storeml.stack import init_mlflow
+    from storeml.streams.enrich import start_enrichment
+
+    db = tmp_path / "registry.db"
+    root = (tmp_path / "artifacts").as_uri()
+    init_mlflow(f"sqlite:///{db}", root)
+    settings = settings.model_copy(
+        update={
+            "mlflow_tracking_uri": f"sqlite:///{db}",
+            "mlflow_registry_uri": None,
+            "mlflow_artifact_root": root,
+            "mlflow_timeout_seconds": 1.0,
+            "shadow_alias": "",
+            "max_records_per_batch": 1_000,
+        }
+    )
+    served = train_on_synthetic(settings, stores=4, events=3_000, seed=3)  # -> @champion
+    ensure_topics(settings.kafka_config(), settings.topics, 2)
+    events = list(generate(GeneratorConfig(stores=4, events=3_000, seed=9)))
+    phases = [events[:1_000], events[1_000:2_000], events[2_000:]]
+
+    seen: list[Any] = []
+    marks: list[int] = []
+    lock = sqlite3.connect(db, isolation_level=None)
+    query, handler = start_enrichment(spark, settings, on_batch=seen.append)
+    try:
+        for phase, batch in enumerate(phases):
+            if phase == 1:  # the customer model's alias is deleted (the registry still answers)
+                MlflowClient(tracking_uri=settings.tracking_uri).delete_registered_model_alias(
+                    settings.customer_model, "champion"
+                )
+            if phase == 2:  # then the registry stops answering: SQLite locked by another writer
+                lock.execute("BEGIN EXCLUSIVE")
+            marks.append(len(seen))
+            produce_events(
+                settings.kafka_config(), batch, settings.topic_orders, settings.topic_products
+            )
+            done = sum(len(p) for p in phases[: phase + 1])
+            _wait(lambda done=done: sum(r.events for r in seen) >= done, f"phase {phase}", query)
+    finally:
+        query.stop()
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    assert query.exception() is None
+    assert sum(r.events for r in seen) == len(events)
+
+    label = {kind: f"{h.name}:{h.version}" for kind, h in served.items()}
+    assert all(r.models == label for r in seen), [r.models for r in seen]
+    deleted, locked = seen[marks[1] : marks[2]], seen[marks[2] :]
+    assert any(r.registry["missing"] >= 1 for r in deleted)
+    assert all(r.registry["failures"] == 0 for r in deleted)
+    assert any(r.registry["failures"] >= 1 and r.registry["stale"] >= 2 for r in locked)
+    assert max(r.stages["resolve_models_s"] for r in locked) < 3.0
+    for kind, topic, schema in (
+        ("customer", settings.topic_customer_profiles, "customer_profile"),
+        ("product", settings.topic_product_profiles, "product_profile"),
+    ):
+        records = _records(settings, topic, schema)
+        assert records and all(
+            record["model"]["version"] == served[kind].version for record, _ in records
+        )
