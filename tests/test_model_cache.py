@@ -353,7 +353,9 @@ def test_model_cache_can_turn_the_fast_path_off(tmp_path: Path) -> None:
 
 
 # --- integrity: digests recorded at registration, checked on load; the private download cache --
-def _register_bundle(tmp_path: Path, tracking_uri: str, artifact_root: str, name: str) -> Any:
+def _register_bundle(
+    tmp_path: Path, tracking_uri: str, artifact_root: str, name: str, *, digest: bool = True
+) -> Any:
     """A real registration on the MLflow store: log a two-store bundle, register it (with digest)."""
     import mlflow
 
@@ -387,7 +389,7 @@ def _register_bundle(tmp_path: Path, tracking_uri: str, artifact_root: str, name
         info.model_uri,
         run_id=run.info.run_id,
         alias="champion",
-        digest=bundle_digest(folder),
+        digest=bundle_digest(folder) if digest else None,
     )
 
 
@@ -495,7 +497,9 @@ def test_the_download_cache_is_private_and_a_foreign_or_open_folder_is_refused(
 
     tracking = mlflow_uris.tracking_uri
     name = f"test-{unique}-cache"
-    remote = _remote(_register_bundle(tmp_path, tracking, mlflow_uris.artifact_root, name), tracking)
+    remote = _remote(
+        _register_bundle(tmp_path, tracking, mlflow_uris.artifact_root, name), tracking
+    )
     fresh = tmp_path / "fresh" / "models"
     bundle = ModelCache(cache_dir=fresh).bundle(remote, tracking)
     assert bundle.folder.is_relative_to(fresh)
@@ -521,3 +525,33 @@ def test_the_download_cache_is_private_and_a_foreign_or_open_folder_is_refused(
     with pytest.raises(ConfigError, match="owned by uid 65534, not by this user"):
         ModelCache(cache_dir=foreign).bundle(remote, tracking)
     assert not any(foreign.iterdir())
+
+
+def test_an_older_version_without_a_digest_is_sealed_once_with_the_command(
+    tmp_path: Path, mlflow_uris: Any, unique: str
+) -> None:
+    from click.testing import CliRunner
+
+    from storeml.cli import main
+    from storeml.connectors.mlflow_registry import get_version
+    from storeml.models.bundle_integrity import file_sha256
+
+    tracking = mlflow_uris.tracking_uri
+    name = f"test-{unique}-old"
+    old = _register_bundle(tmp_path, tracking, mlflow_uris.artifact_root, name, digest=False)
+    assert old.digest is None and get_version(tracking, None, name, old.version).digest is None
+
+    def seal() -> Any:
+        args = ["--home", str(tmp_path), "--mlflow-tracking-uri", tracking]
+        return CliRunner().invoke(main, [*args, "models", "seal", name, "--version", old.version])
+
+    result = seal()
+    assert result.exit_code == 0, result.output
+    sealed = get_version(tracking, None, name, old.version)
+    index = tmp_path / name / "stores" / "index.json"  # what was logged
+    assert sealed.digest == file_sha256(index) and sealed.digest in result.output
+    cache = ModelCache()
+    assert cache.bundle(sealed).model_for("s1")[1] == "store"
+    assert cache.stats()["unverified_versions"] == 0
+    again = seal()  # a recorded digest is never replaced
+    assert again.exit_code != 0 and "already records digest" in again.output
