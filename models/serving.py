@@ -132,7 +132,7 @@ def score_kind(
     out["shadow"] = pd.Series(
         [
             {"model": model, scored: value}
-            for model, value in zip(challenger["model"], challenger[field], strict=True)
+            for model, value in zip(challenger["model"], challenger[scored], strict=True)
         ],
         index=out.index,
         dtype=object,
