@@ -1,32 +1,28 @@
-"""Alias resolution for a running job: the last resolved versions, and bounded time on a failing registry.
+"""Alias resolution for a running job: last resolved versions, bounded time on a failing registry.
 
 The stream resolves its aliases on the driver before every micro-batch
 (:meth:`storeml.streams.enrich.EnrichBatch.resolve_models`). :class:`AliasResolver` decides what a
-batch serves when the answer is not a version:
+batch serves when the answer is not a version (``required``: the served alias; otherwise the
+optional shadow alias):
 
-=============================  ===============================  ===============================
-registry answer                served alias (``required``)      shadow alias
-=============================  ===============================  ===============================
-no such alias, never resolved  :class:`ModelError` naming the   warning (once); no shadow
-                               model, the alias and the
-                               aliases that exist
-no such alias, resolved before the version resolved last,       shadow scoring stops (logged
-                               logged once, counted ``missing``  once): removing the challenger
-                                                                 is how an experiment ends
-no answer (server down, SQLite the versions resolved last,      the version resolved last
-locked, timeout), resolved     logged, counted ``failures`` and
-before                         ``stale``
-no answer, never resolved      :class:`ConnectorError`: fail    no shadow (counted)
-                               fast, nothing to serve
-=============================  ===============================  ===============================
+* no such alias (or model), never resolved: served, :class:`ModelError` naming the model, the
+  alias and the aliases that exist; shadow, a warning (once) and no shadow scoring;
+* no such alias, resolved before: served, the version resolved last, logged once and counted
+  ``missing``; shadow, shadow scoring stops (logged once), as removing the challenger is how an
+  experiment ends;
+* no answer (server down, SQLite locked, a timeout), resolved before: the versions resolved
+  last, logged (first failure, then at most once a minute, and the recovery) and counted
+  ``failures`` and ``stale``;
+* no answer, never resolved: served, :class:`ConnectorError` at once (nothing to serve: fail
+  fast); shadow, none.
 
 Time is bounded: a registry pass runs in a daemon thread and the batch waits at most
 ``timeout_s`` for it (the first pass of a process gets ``first_timeout_s``, by default
-``max(3 * timeout_s, 20 s)``, as it also imports MLflow and opens its store). A pass that did not return is left running and no new
-one starts until it has; after a failure the registry is not asked again for a backoff that
-doubles from 1 s up to ``max_backoff_s``, so a dead registry costs at most one timeout per
-backoff period, never a stall per batch, and never a crash loop. MLflow's own HTTP retries
-(minutes with the defaults) therefore never hold a batch.
+``max(3 * timeout_s, 20 s)``, as it also imports MLflow and opens its store). A pass that did not
+return is left running and no new one starts until it has; after a failure the registry is not
+asked again for a backoff that doubles from 1 s up to ``max_backoff_s``, so a dead registry costs
+at most one timeout per backoff period, never a stall per batch, and never a crash loop. MLflow's
+own HTTP retries (minutes with the defaults) therefore never hold a batch.
 """
 
 from __future__ import annotations
