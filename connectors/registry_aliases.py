@@ -19,10 +19,12 @@ optional shadow alias):
 Time is bounded: a registry pass runs in a daemon thread and the batch waits at most
 ``timeout_s`` for it (the first pass of a process gets ``first_timeout_s``, by default
 ``max(3 * timeout_s, 20 s)``, as it also imports MLflow and opens its store). A pass that did not
-return is left running and no new one starts until it has; after a failure the registry is not
-asked again for a backoff that doubles from 1 s up to ``max_backoff_s``, so a dead registry costs
-at most one timeout per backoff period, never a stall per batch, and never a crash loop. MLflow's
-own HTTP retries (minutes with the defaults) therefore never hold a batch.
+return is left running in the background (at most three at a time, so a hung registry never piles
+up threads); after a failure the registry is not asked again for a backoff that doubles from 1 s
+up to ``max_backoff_s``, so a dead registry costs at most one timeout per backoff period, never a
+stall per batch, and never a crash loop. MLflow's own HTTP retries (minutes with the defaults)
+therefore never hold a batch, nor delay noticing that the registry is back by more than one
+backoff period.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ log = logging.getLogger("storeml.registry")
 
 #: Log a continuing outage at most this often (the first failure and the recovery always).
 _REMIND_S = 60.0
+#: Registry passes left running after their deadline, at most (then no new pass starts).
+_MAX_STUCK = 3
 
 
 @dataclass
@@ -53,7 +57,7 @@ class RegistryCounts:
     """What alias resolution did (per batch: :meth:`AliasResolver.take_counts`).
 
     ``failures``: resolve calls the registry failed or did not answer in time (or that were not
-    tried: backing off, or a previous call still running); ``stale``: models served (or shadowed)
+    tried: backing off, or earlier calls still running); ``stale``: models served (or shadowed)
     with the version resolved last because of that; ``missing``: served models whose alias no
     longer exists, kept at their last version; ``seconds``: time spent waiting for the registry.
     """
@@ -114,7 +118,7 @@ class AliasResolver:
         self._last: dict[tuple[str, str], ModelHandle] = {}
         self._missing: set[tuple[str, str]] = set()  # aliases warned about as missing
         self._answered = False  # has the registry ever answered this process
-        self._pending: Future[Any] | None = None
+        self._stuck: list[Future[Any]] = []  # passes past their deadline, still running
         self._retry_at = 0.0
         self._backoff = 0.0
         self._failing_since: float | None = None
@@ -163,12 +167,12 @@ class AliasResolver:
     def _ask(self, names: list[str], alias: str) -> dict[str, ModelHandle | None]:
         """One registry pass for ``names``, within the deadline, or :class:`_Unavailable`."""
         now = time.monotonic()
-        if self._pending is not None:
-            if not self._pending.done():
-                raise _Unavailable("the previous registry call has not returned yet")
-            self._pending = None
         if now < self._retry_at:
             raise _Unavailable(f"not asked again for {self._retry_at - now:.0f}s after a failure")
+        self._stuck = [future for future in self._stuck if not future.done()]
+        if len(self._stuck) >= _MAX_STUCK:
+            self._failed(f"{len(self._stuck)} registry calls have not returned")
+            raise _Unavailable(f"{len(self._stuck)} earlier registry calls have not returned yet")
 
         def lookup() -> dict[str, ModelHandle | None]:
             return {
@@ -181,7 +185,7 @@ class AliasResolver:
         try:
             answers: dict[str, ModelHandle | None] = future.result(timeout=deadline)
         except FutureTimeout:
-            self._pending = future
+            self._stuck.append(future)
             self._failed(f"no answer within {deadline:g}s")
             raise _Unavailable(f"no answer within {deadline:g}s") from None
         except ConnectorError as exc:
