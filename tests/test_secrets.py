@@ -334,3 +334,50 @@ def test_spark_options_and_plan_show_no_secret(secret_settings: Settings, spark:
     assert rebuilt.kafka["sasl.password"] == SECRETS["sasl"]
     assert rebuilt.kafka["ssl.key.pem"] == SECRETS["pem"]
     assert rebuilt.redis.password is None  # the decoder needs no Redis password
+
+
+@pytest.mark.slow
+def test_the_stream_writes_through_an_acl_user_and_lookups_read_through_another(
+    acl_redis: RedisServer, settings: Settings, spark: object, unique: str
+) -> None:
+    """The real stream against a requirepass + ACL Redis, configured by settings only."""
+    from pydantic import SecretStr
+
+    from storeml.connectors.synthetic import GeneratorConfig
+    from storeml.streams.enrich import start_enrichment
+    from tests.test_stream_e2e import input_events, latest_from_topic, produce
+
+    prefix = f"{PREFIX}:{unique}"
+    settings = settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{acl_redis.port}/0",
+            "redis_username": "storeml-stream",
+            "redis_password": SecretStr(STREAM_PW),
+            "redis_prefix": prefix,
+            "serving_alias": "",
+            "shadow_alias": "",
+        }
+    )
+    produce(settings, GeneratorConfig(stores=3, events=1_500, seed=41))
+    query, _ = start_enrichment(spark, settings, available_now=True)  # type: ignore[arg-type]
+    query.awaitTermination(600)
+    assert query.exception() is None, query.exception()
+
+    good, _ = input_events(settings)
+    assert good
+    got = latest_from_topic(
+        settings, settings.topic_customer_profiles, "customer_id", "customer_profile"
+    )
+    (store, customer), record = next(iter(got.items()))
+    env = {
+        "STOREML_REDIS_URL": f"redis://127.0.0.1:{acl_redis.port}/0",
+        "STOREML_REDIS_USERNAME": "storeml-lookup",
+        "STOREML_REDIS_PASSWORD": LOOKUP_PW,
+        "STOREML_REDIS_PREFIX": prefix,
+    }
+    result = CliRunner().invoke(main, ["lookup", "customer", store, customer], env=env)
+    assert result.exit_code == 0, result.output
+    assert int(json.loads(result.output)["profile_version"]) == record["profile_version"]
+    lookups = FeatureStore(settings.redis, prefix)
+    assert len(lookups.scan("customer")) == len(got)
+    lookups.close()
