@@ -323,7 +323,7 @@ def stream_run(
         )
 
     spark = get_spark(settings, "storeml-stream")
-    query, _ = _run(
+    query, handler = _run(
         lambda: start_enrichment(spark, settings, available_now=available_now, on_batch=report)
     )
     # stop from another thread: the main one is inside a py4j call (awaitTermination) already
@@ -334,6 +334,7 @@ def stream_run(
         query.stop()
     finally:
         error = query.exception()
+        handler.close()  # no lake compaction outlives the stream
         spark.stop()
     if error is not None:
         raise click.ClickException(f"stream failed: {error}")

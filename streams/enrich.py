@@ -207,6 +207,24 @@ class EnrichBatch:
         self._compacted_at = time.monotonic()
         self._compactor = start_compaction(self.ctx.lake_root)
 
+    def close(self, timeout: float = 60.0) -> None:
+        """Let a running lake compaction finish (within ``timeout``, then stop it); call when the
+        query has stopped, so that no compaction outlives the stream holding the lake's lock.
+        A compaction stopped half-way is finished by the next one (``docs/lake.md``)."""
+        compactor, self._compactor = self._compactor, None
+        if compactor is None or compactor.poll() is not None:
+            return
+        try:
+            compactor.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("event lake: compaction still running after %.0fs; stopping it", timeout)
+            compactor.terminate()
+            try:
+                compactor.wait(10)
+            except subprocess.TimeoutExpired:
+                compactor.kill()
+                compactor.wait()
+
     def __call__(self, facts: Any, batch_id: int) -> None:
         """Enrich one micro-batch of the ``storeml_events`` source (already decoded facts)."""
         from storeml.connectors.state_store import prepare_checkpoint

@@ -497,3 +497,31 @@ def _shared_lock(path: Path) -> Iterator[None]:
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield
+
+
+def test_the_stream_handler_never_leaves_a_compaction_running_behind_it(tmp_path: Path) -> None:
+    """``EnrichBatch.close`` (the CLI calls it when the query stops) waits for the compaction
+    child, and stops one that outlasts its timeout: an orphan would hold the lake's lock."""
+    import subprocess
+    import sys
+
+    from storeml.streams.context import JobContext
+    from storeml.streams.enrich import EnrichBatch
+
+    ctx = JobContext(
+        kafka={}, orders_topic="o", products_topic="p", customer_topic="c", product_topic="q",
+        dead_letter_topic=None, redis="redis://127.0.0.1:1/0", redis_prefix="x",  # type: ignore[arg-type]
+        state_root=str(tmp_path), state_buckets=1, snapshot_every=1, retain=2, tracking_uri="",
+        registry_uri="", customer_model="c", product_model="p", serving_alias="",
+        shadow_alias="", model_cache_size=1, transactional_prefix=None,
+    )  # fmt: skip
+    handler = EnrichBatch(ctx)
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    handler._compactor = quick  # noqa: SLF001 - what _maybe_compact starts
+    handler.close(timeout=30)
+    assert quick.returncode == 0  # waited for, not killed
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    handler._compactor = stuck  # noqa: SLF001
+    handler.close(timeout=0.5)
+    assert stuck.returncode is not None and stuck.returncode != 0
+    handler.close()  # nothing running: a no-op
