@@ -51,7 +51,7 @@ def export_latest_profiles(
     spark: SparkSession, settings: Settings, output: str | Path
 ) -> LatestSummary:
     """Write the stream's latest profiles under ``output`` (``<output>/customer|product/``)."""
-    from storeml.streams.checkpoint import check_checkpoint
+    from storeml.streams.checkpoint import check_checkpoint, read_checkpoint_meta
 
     started = time.perf_counter()
     checkpoint = settings.checkpoint_path
@@ -61,6 +61,8 @@ def export_latest_profiles(
             " stream (storeml run) first, set STOREML_CHECKPOINT_DIR, or recompute from history"
         )
     check_checkpoint(checkpoint, settings)  # same state layout
+    meta = read_checkpoint_meta(checkpoint)
+    version_base = meta.version_base if meta is not None else 0
     root = str(checkpoint / "profile-state")
     version = latest_version(root)
     tasks = settings.shuffle_partitions
@@ -71,6 +73,7 @@ def export_latest_profiles(
         "cache_mb": settings.state_cache_mb,
         "chunk_rows": settings.task_chunk_rows,
         "version": version,
+        "version_base": version_base,  # the profile versions Redis and Kafka hold
         "tasks": tasks,
         "output": str(output),
         "retain": settings.state_retain_batches,
@@ -96,7 +99,7 @@ def _export_task(options: dict[str, Any], partitions: Any) -> Any:
     from storeml.connectors.state_store import StateStore, task_buckets
     from storeml.models.profiles import to_records
     from storeml.models.serving import Scorer, score_kind
-    from storeml.streams.publish import CUSTOMER_FIELDS, PRODUCT_FIELDS
+    from storeml.streams.publish import CUSTOMER_FIELDS, PRODUCT_FIELDS, rebase
 
     for partition in partitions:
         mine = task_buckets(partition, options["tasks"], options["buckets"])
@@ -118,7 +121,13 @@ def _export_task(options: dict[str, Any], partitions: Any) -> Any:
             for number, (customer_rows, product_rows) in enumerate(chunks):
                 unscored = {
                     kind: to_records(
-                        score_kind(kind, rows, Scorer(None, None), None, model_name="none"),
+                        score_kind(
+                            kind,
+                            rebase(rows, options["version_base"]),
+                            Scorer(None, None),
+                            None,
+                            model_name="none",
+                        ),
                         fields,
                     )
                     for kind, rows, fields in (

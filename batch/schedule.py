@@ -472,8 +472,9 @@ class PackageJob:
 
         spark = self.spark()
         folder = self.scratch / f"{quote(self.package.name, safe='')}-{uuid.uuid4().hex[:12]}"
-        # the recompute's own scoring is not what we publish: skip its shadow scoring at least
-        settings = self.settings.model_copy(update={"shadow_alias": ""})
+        # the recompute's own scoring is not what we publish (the package's model scores the
+        # profiles below): no served or shadow model, so none needs to be registered
+        settings = self.settings.model_copy(update={"serving_alias": "", "shadow_alias": ""})
         try:
             if self.recompute:
                 recompute(

@@ -108,9 +108,22 @@ class KafkaRecordSink(Sink):
                 self._producer.poll(0.05)
             except Exception as exc:  # KafkaException: fatal (fenced) or a bad record
                 if self.transactional_id:
-                    raise self._fenced(exc, "cannot produce") from exc
+                    error = self._fenced(exc, "cannot produce")
+                    if not isinstance(error, FencedError):
+                        self.abort()  # never commit a failed attempt's records later
+                    raise error from exc
                 raise ConnectorError(f"cannot produce to {topic!r}: {exc}") from exc
         self._producer.poll(0)
+
+    def abort(self, timeout: float = 30.0) -> None:
+        """Abort the open transaction, if any (its records are never committed)."""
+        if not (self._ready and self.transactional_id and self._in_transaction):
+            return
+        self._in_transaction = False
+        try:
+            self._producer.abort_transaction(timeout)
+        except Exception as exc:
+            raise self._fenced(exc, "cannot abort") from exc
 
     def flush(self, timeout: float = 60.0) -> None:
         if not self._ready:

@@ -59,7 +59,7 @@ import joblib
 import numpy as np
 import pandas as pd  # module level: MLflow resolves predict's type hints in this namespace
 
-from storeml.errors import ModelError
+from storeml.errors import ArtifactUnavailableError, ModelError
 from storeml.models.bundle_integrity import (
     default_cache_dir,
     private_dir,
@@ -470,7 +470,7 @@ class ModelCache:
         local = _local_folder(handle.stores_uri)
         if local is not None:
             if not (local / INDEX_FILE).exists():
-                raise ModelError(
+                raise ArtifactUnavailableError(
                     f"model {handle.name} version {handle.version}: no bundle at {local}; the"
                     " artifact store must be reachable from every executor (use a shared"
                     " filesystem or a remote artifact store)"
@@ -500,7 +500,7 @@ class ModelCache:
                 path = str(Path(path) / "artifacts" / STORES_DIR_KEY)
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise ModelError(
+            raise ArtifactUnavailableError(
                 f"cannot download model {handle.name} version {handle.version} from"
                 f" {handle.source}: {exc}; check the artifact store and its credentials"
             ) from exc

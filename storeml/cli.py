@@ -158,7 +158,9 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except StoremlError as exc:
-        raise click.ClickException(str(exc)) from exc
+        from storeml.redaction import redact_url
+
+        raise click.ClickException(redact_url(str(exc))) from exc
 
 
 # --- producers -------------------------------------------------------------------------------
@@ -337,7 +339,9 @@ def stream_run(
         handler.close()  # no lake compaction outlives the stream
         spark.stop()
     if error is not None:
-        raise click.ClickException(f"stream failed: {error}")
+        from storeml.redaction import redact_url
+
+        raise click.ClickException(redact_url(f"stream failed: {error}"))
 
 
 @stream.command("reset")
@@ -356,8 +360,8 @@ def stream_reset(ctx: click.Context, checkpoint: str | None, delete: bool, yes: 
 
     The profiles of the new checkpoint rank above every profile published before (their
     profile_version carries the generation), so Redis and consumers keep updating. The new state
-    starts from what the input topics still hold; older history is in the event lake
-    (`storeml recompute`).
+    starts from what the input topics still hold: older history is lost to the profiles (it stays
+    in the event lake). See docs/faults.md before a reset.
     """
     from storeml.streams.checkpoint import reset_checkpoint
 

@@ -9,6 +9,7 @@
     │   └── FencedError      a transactional producer was fenced by a newer one with its id
     ├── StateError           the profile state store is missing a version or is inconsistent
     └── ModelError           a model could not be loaded or failed to score
+        └── ArtifactUnavailableError  the artifact store did not answer (worth retrying)
 
 Messages name the bad value and say how to fix it.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "FencedError",
     "StateError",
     "ModelError",
+    "ArtifactUnavailableError",
 ]
 
 
@@ -65,3 +67,12 @@ class StateError(StoremlError):
 
 class ModelError(StoremlError):
     """A model could not be loaded or failed to score."""
+
+
+class ArtifactUnavailableError(ModelError):
+    """A model version's files could not be fetched: the artifact store did not answer.
+
+    Unlike a file that fails its digest or cannot be unpickled, this may pass: the stream waits
+    for the store (bounded) instead of publishing the version's rows unscored, so that a replay
+    publishes what the first attempt would have.
+    """

@@ -212,6 +212,14 @@ class Settings(BaseSettings):
         description="Registry alias scored in shadow beside the served model (its scores go to"
         " the profiles' `shadow` field, never to the served fields); empty disables shadow scoring.",
     )
+    model_fetch_retry_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long an executor waits out an artifact store that does not answer when"
+        " it opens a model version (retried with backoff) before the micro-batch fails and is"
+        " replayed; a version that fails its digest or cannot be read is published unscored"
+        " at once.",
+    )
     model_cache_size: int = Field(
         default=2048,
         ge=1,

@@ -15,8 +15,8 @@ deleted by hand starts above it.
 
 :func:`reset_checkpoint` (``storeml stream reset``) moves a checkpoint aside and starts a new one
 one generation up. The new state begins with what the input topics still hold (from
-``starting_offsets``); history older than the topics' retention is in the event lake, which
-``storeml recompute`` reads.
+``starting_offsets``); history older than the topics' retention stays in the event lake but is
+not in the new profiles (seeding the state from the lake is not built; ``docs/faults.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ __all__ = [
     "current_generation",
     "reset_checkpoint",
     "ResetOutcome",
+    "read_batch_models",
+    "latest_batch_models",
+    "write_batch_models",
 ]
 
 #: What one generation adds to ``profile_version``.
@@ -193,3 +196,71 @@ def reset_checkpoint(settings: Settings, *, delete: bool = False) -> ResetOutcom
     sink.close()
     _write_meta(root, meta)
     return ResetOutcome(root, moved, None if old is None else old.generation, meta)
+
+
+# --- the model versions each micro-batch used -------------------------------------------------
+#: Batches whose model versions are kept (a replay is never further back than the last commit).
+_KEEP_BATCH_MODELS = 100
+
+
+def _models_dir(checkpoint: str | Path) -> Path:
+    return Path(checkpoint) / "models"
+
+
+def _handles_from(data: dict[str, Any]) -> dict[str, Any]:
+    from storeml.connectors.mlflow_registry import ModelHandle
+
+    return {kind: None if h is None else ModelHandle(**h) for kind, h in data.items()}
+
+
+def read_batch_models(
+    checkpoint: str | Path, batch_id: int
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The (served, shadow) handles micro-batch ``batch_id`` was scored with, when it ran before.
+
+    A replayed batch uses them again, so that it publishes what its first attempt did even when
+    an alias moved in between.
+    """
+    path = _models_dir(checkpoint) / f"{batch_id}.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return _handles_from(data["served"]), _handles_from(data["shadow"])
+
+
+def latest_batch_models(
+    checkpoint: str | Path, before: int
+) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """The handles of the latest batch before ``before`` that recorded them (registry down)."""
+    folder = _models_dir(checkpoint)
+    if not folder.exists():
+        return None
+    ids = sorted(
+        (int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit() and int(p.stem) < before),
+        reverse=True,
+    )
+    for batch_id in ids:
+        found = read_batch_models(checkpoint, batch_id)
+        if found is not None:
+            return batch_id, *found
+    return None
+
+
+def write_batch_models(
+    checkpoint: str | Path, batch_id: int, served: dict[str, Any], shadow: dict[str, Any]
+) -> None:
+    """Record the handles batch ``batch_id`` is scored with (before it runs); prune old ones."""
+    from dataclasses import asdict
+
+    folder = _models_dir(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "served": {k: None if h is None else asdict(h) for k, h in served.items()},
+        "shadow": {k: None if h is None else asdict(h) for k, h in shadow.items()},
+    }
+    tmp = folder / f"{batch_id}.json.tmp"
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    tmp.replace(folder / f"{batch_id}.json")
+    for old in folder.glob("*.json"):
+        if old.stem.isdigit() and int(old.stem) < batch_id - _KEEP_BATCH_MODELS:
+            old.unlink(missing_ok=True)

@@ -72,6 +72,7 @@ class JobContext:
     notices_topic: str | None = None
     registry_timeout_s: float = 5.0
     redis_retry_seconds: float = 300.0
+    model_fetch_retry_seconds: float = 120.0
     version_base: int = 0  # added to every published profile_version (the checkpoint's generation)
     mlflow_username: str | None = None
     mlflow_password: SecretStr | None = None
@@ -99,8 +100,18 @@ class JobContext:
 
     def without_secrets(self) -> JobContext:
         """This context with no credential in it (for copies that leave the process in clear)."""
+        from storeml.redaction import redact_url
+
         return dataclasses.replace(
-            self, kafka={}, redis=self.redis.public(), mlflow_password=None, mlflow_token=None
+            self,
+            kafka={},
+            redis=self.redis.public(),
+            mlflow_password=None,
+            mlflow_token=None,
+            # a database registry URI keeps its password (SQLAlchemy needs it); the copy's
+            # reader (the source's decoder) never talks to MLflow
+            tracking_uri=redact_url(self.tracking_uri),
+            registry_uri=redact_url(self.registry_uri),
         )
 
 
@@ -148,6 +159,7 @@ def _job_context(settings: Settings, checkpoint: str | None, state_id: str) -> J
         notices_topic=settings.topic_notices or None,
         registry_timeout_s=settings.mlflow_timeout_seconds,
         redis_retry_seconds=settings.redis_retry_seconds,
+        model_fetch_retry_seconds=settings.model_fetch_retry_seconds,
         mlflow_username=settings.mlflow_username,
         mlflow_password=settings.mlflow_password,
         mlflow_token=settings.mlflow_token,

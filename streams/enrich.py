@@ -19,8 +19,9 @@ The parts, in the order of the data flow:
 * this module: the driver side, one micro-batch after another.
 
 The registry aliases are resolved on the driver at the start of every micro-batch, so a moved alias
-is served from the next batch on, without a restart. Replays after a crash recompute the same
-records (same offsets, same state version), which the sinks absorb (see ``connectors``).
+is served from the next batch on, without a restart; the versions are recorded in the checkpoint
+(``models/<batch>.json``). Replays after a crash recompute the same records (same offsets, same
+state version, same model versions), which the sinks absorb (see ``connectors``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from storeml.connectors.registry_aliases import AliasResolver
@@ -152,6 +154,39 @@ class EnrichBatch:
             models, ctx.serving_alias if alias is None else alias, required=required
         )
 
+    def _batch_models(self, batch_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (served, shadow) versions batch ``batch_id`` is scored with.
+
+        They are recorded in the checkpoint before the batch runs: a replay (after a crash) uses
+        the versions of its first attempt, so it publishes the same records even when an alias
+        moved in between; and a driver that restarts while the registry is down serves the
+        versions of the last batch (logged), instead of failing until the registry answers.
+        """
+        from storeml.errors import ConnectorError
+        from storeml.streams.checkpoint import (
+            latest_batch_models,
+            read_batch_models,
+            write_batch_models,
+        )
+
+        checkpoint = Path(self.ctx.state_root).parent
+        recorded = read_batch_models(checkpoint, batch_id)
+        if recorded is not None:
+            return recorded
+        try:
+            handles = self.resolve_models()
+            shadows = self.resolve_models(self.ctx.shadow_alias)
+        except ConnectorError as exc:
+            previous = latest_batch_models(checkpoint, batch_id)
+            if previous is None:
+                raise
+            log.error(
+                "batch %d: %s; serving the versions batch %d used", batch_id, exc, previous[0]
+            )
+            handles, shadows = previous[1], previous[2]
+        write_batch_models(checkpoint, batch_id, handles, shadows)
+        return handles, shadows
+
     def _commit_state(self, batch_id: int, metrics: list[Any]) -> dict[str, int]:
         """Write the batch's state manifest (its commit), start a due cleaning; sum the counters."""
         from storeml.connectors.state_store import clean, write_manifest
@@ -233,8 +268,7 @@ class EnrichBatch:
         if not self._started:  # files of an attempt that never committed go first
             prepare_checkpoint(self.ctx.state_root, batch_id)
             self._started = True
-        handles = self.resolve_models()
-        shadows = self.resolve_models(self.ctx.shadow_alias)
+        handles, shadows = self._batch_models(batch_id)
         resolve_s = time.perf_counter() - started
         # as many enrich tasks as read tasks: the source made a small batch one task
         spark = facts.sparkSession

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from storeml.streams.context import JobContext, client, drop_client
 
 __all__ = [
     "MAX_FAULTS",
+    "rebase",
     "CUSTOMER_FIELDS",
     "PRODUCT_FIELDS",
     "Published",
@@ -180,24 +182,38 @@ def publish_profiles(
     """
     from storeml.connectors.profile_files import write_profiles
     from storeml.connectors.redis_sink import RedisProfileSink
+    from storeml.errors import ArtifactUnavailableError
     from storeml.models.profiles import to_records
     from storeml.models.serving import Fault, Scorer, score_kind
     from storeml.models.store_models import get_model_cache
 
     cache = get_model_cache(ctx.model_cache_size)
     if ctx.version_base:  # the checkpoint's generation (streams/checkpoint.py)
-        customers = _rebase(customers, ctx.version_base)
-        products = _rebase(products, ctx.version_base)
+        customers = rebase(customers, ctx.version_base)
+        products = rebase(products, ctx.version_base)
 
     def scorer(handle: Any) -> Scorer:
-        """The opened version; one that cannot be opened leaves its rows to the fallback."""
+        """The opened version; one that cannot be opened leaves its rows to the fallback.
+
+        An artifact store that does not answer is waited for (a replay must publish what the
+        first attempt would have), up to ``ctx.model_fetch_retry_seconds``; then the task fails.
+        """
         if handle is None:
             return Scorer(None, None)
-        try:
-            return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
-        except Exception as exc:  # a broken version must not stop every store
-            log.warning("cannot open %s version %s: %s", handle.name, handle.version, exc)
-            return Scorer(None, handle, f"{type(exc).__name__}: {exc}"[:500])
+        deadline = time.monotonic() + ctx.model_fetch_retry_seconds
+        pause = 0.5
+        while True:
+            try:
+                return Scorer(cache.bundle(handle, ctx.tracking_uri, ctx.registry_uri), handle)
+            except ArtifactUnavailableError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+            except Exception as exc:  # a broken version must not stop every store
+                log.warning("cannot open %s version %s: %s", handle.name, handle.version, exc)
+                return Scorer(None, handle, f"{type(exc).__name__}: {exc}"[:500])
 
     faults: list[Fault] = []
     customers = score_kind(
@@ -295,13 +311,13 @@ def expire_profiles(ctx: JobContext, expired: dict[str, pd.DataFrame]) -> None:
     ):
         gone = expired.get(table)
         if gone is not None and len(gone):
-            gone = _rebase(gone, ctx.version_base)
+            gone = rebase(gone, ctx.version_base)
             redis_sink.delete(
                 kind, zip(gone["store_id"], gone[id_field], gone["profile_version"], strict=True)
             )
 
 
-def _rebase(frame: pd.DataFrame, base: int) -> pd.DataFrame:
+def rebase(frame: pd.DataFrame, base: int) -> pd.DataFrame:
     """``frame`` with ``base`` added to ``profile_version`` (a no-op for base 0)."""
     if not base:
         return frame

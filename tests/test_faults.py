@@ -264,3 +264,42 @@ def test_writes_wait_out_a_redis_outage_with_backoff(own_redis: _Redis) -> None:
     short = RedisProfileSink(own_redis.url, "t", retry_seconds=1)
     with pytest.raises(ConnectorError, match="Redis unreachable for 1s"):
         short.write("customer", [_record(3, 0.6, "store")], "customer_id")
+
+
+def test_an_artifact_store_that_does_not_answer_is_waited_for_not_published_unscored(
+    settings: Any, tmp_path: Path
+) -> None:
+    """A version whose files cannot be fetched (yet) is not a broken version: the task waits,
+    so that a replay publishes what the first attempt would have; past the bound it fails."""
+    import dataclasses
+    import shutil
+
+    from storeml.errors import ArtifactUnavailableError
+    from storeml.streams.context import job_context
+    from storeml.streams.publish import publish_profiles
+
+    built = _bundle(tmp_path, "built", {"a": CountingEstimator("a", first=0.2)}, None)
+    shared = tmp_path / "shared"  # a shared folder that is not mounted yet
+    late = shared / "artifacts" / "stores"
+    handle = ModelHandle("m", "5", None, shared.as_uri())
+    ctx = dataclasses.replace(
+        job_context(settings), publish=False, profiles_dir=None, model_fetch_retry_seconds=30
+    )
+    customers = _customer_rows({"a": 2})
+    products = customers.iloc[0:0].assign(product_id=[])
+
+    def mount() -> None:
+        time.sleep(1.5)
+        shutil.copytree(built, late)
+
+    mounting = threading.Thread(target=mount)
+    mounting.start()
+    started = time.monotonic()
+    done = publish_profiles(ctx, customers, products, {"customer": handle}, {}, "0")
+    mounting.join()
+    assert time.monotonic() - started >= 1.5 and done.fault_count == 0
+
+    gone = ModelHandle("m", "6", None, (tmp_path / "never").as_uri())
+    quick = dataclasses.replace(ctx, model_fetch_retry_seconds=0.5)
+    with pytest.raises(ArtifactUnavailableError):
+        publish_profiles(quick, customers, products, {"customer": gone}, {}, "0")

@@ -111,3 +111,49 @@ def test_stream_reset_keeps_redis_and_consumers_updating(
         assert int(stored["profile_version"]) == record["profile_version"] > before.get(key, -1)
         assert int(stored["order_count"]) == record["order_count"]
     lookups.close()
+
+
+def test_a_replayed_batch_is_scored_with_the_versions_of_its_first_attempt(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The versions each batch used are recorded before it runs: a replay uses them even when the
+    alias moved in between, and a driver restarted while the registry is down uses the last."""
+    import dataclasses
+
+    from storeml.batch.history import train_on_synthetic
+    from storeml.connectors.mlflow_registry import set_alias
+    from storeml.errors import ConnectorError
+    from storeml.streams.context import job_context
+    from storeml.streams.enrich import EnrichBatch
+
+    first = train_on_synthetic(settings, stores=3, events=1_500, seed=3)
+    second = train_on_synthetic(settings, stores=3, events=1_500, seed=4, alias="next")
+    root = tmp_path / "checkpoint"
+    ctx = dataclasses.replace(
+        job_context(settings, str(root)), shadow_alias=""
+    )  # the state root is <checkpoint>/profile-state
+    batch = EnrichBatch(ctx)
+    served, _ = batch._batch_models(7)  # noqa: SLF001 - the driver's step before a batch runs
+    assert served["customer"].version == first["customer"].version
+    set_alias(
+        settings.tracking_uri, None, settings.customer_model, "champion", second["customer"].version
+    )
+    again = EnrichBatch(ctx)  # a restarted driver replays batch 7, then runs batch 8
+    assert again._batch_models(7)[0]["customer"] == served["customer"]  # noqa: SLF001
+    assert again._batch_models(8)[0]["customer"].version == second["customer"].version  # noqa: SLF001
+
+    # the registry goes away; a driver restarted now serves what batch 8 used
+    down = dataclasses.replace(
+        ctx,
+        tracking_uri="http://127.0.0.1:9",
+        registry_uri="http://127.0.0.1:9",
+        registry_timeout_s=1.0,
+    )
+    restarted = EnrichBatch(down)
+    assert restarted._batch_models(9)[0]["customer"].version == second["customer"].version  # noqa: SLF001
+    # with no batch recorded at all it fails fast, naming the registry
+    fresh = EnrichBatch(
+        dataclasses.replace(down, state_root=str(tmp_path / "other" / "profile-state"))
+    )
+    with pytest.raises(ConnectorError):
+        fresh._batch_models(0)  # noqa: SLF001

@@ -381,3 +381,23 @@ def test_the_stream_writes_through_an_acl_user_and_lookups_read_through_another(
     lookups = FeatureStore(settings.redis, prefix)
     assert len(lookups.scan("customer")) == len(got)
     lookups.close()
+
+
+def test_the_log_filter_masks_tracebacks_too() -> None:
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SecretRedactingFilter(("s3cr3t-token-xyz",)))
+    logger = logging.getLogger("storeml.test-redaction")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError("cannot reach redis://u:hunter22@host:6379/0 with s3cr3t-token-xyz")
+        except RuntimeError:
+            logger.exception("it failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "it failed" in text and "RuntimeError" in text
+    assert "hunter22" not in text and "s3cr3t-token-xyz" not in text
