@@ -40,23 +40,14 @@ def _register(
     global_model: Any,
     tamper: bool = False,
 ) -> Any:
-    """Write, log and register a customer bundle the way training does (with its digest).
-
-    The bundle folder is ``folder/stores``: MLflow keeps an artifact folder's name.
-    """
-    import mlflow
-
-    from storeml.connectors.mlflow_registry import (
-        configure,
-        ensure_experiment,
-        log_bundle_model,
-        register_bundle,
-    )
+    """Write a customer bundle and register it the way training does (with its digest); with
+    ``tamper``, its ``index.json`` changes after the digest was taken."""
     from storeml.models.bundle_integrity import bundle_digest
     from storeml.models.features import CUSTOMER_FEATURES
-    from storeml.models.store_models import make_pyfunc_model, write_bundle
+    from storeml.models.store_models import write_bundle
+    from tests.registry import log_and_register
 
-    folder = folder / "stores"
+    folder = folder / "stores"  # MLflow keeps an artifact folder's name
     write_bundle(
         folder,
         kind="customer",
@@ -67,25 +58,16 @@ def _register(
         metadata={"model_name": settings.customer_model},
     )
     digest = bundle_digest(folder)
-    if tamper:  # the artifact changed after registration: its digest no longer matches
+    if tamper:
         index = json.loads((folder / "index.json").read_text())
         index.setdefault("metadata", {})["note"] = "edited"
         (folder / "index.json").write_text(json.dumps(index))
-    configure(settings.tracking_uri, settings.registry_uri)
-    experiment = ensure_experiment(
-        f"faults-{settings.customer_model}",
-        settings.artifact_root,
-        tracking_uri=settings.tracking_uri,
-    )
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_bundle_model(folder, make_pyfunc_model(), ["storeml"])
-    return register_bundle(
+    return log_and_register(
+        folder,
         settings.tracking_uri,
-        settings.registry_uri,
+        settings.artifact_root,
         settings.customer_model,
-        info.model_uri,
-        run_id=run.info.run_id,
-        alias=alias,
+        alias,
         digest=digest,
     )
 

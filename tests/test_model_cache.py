@@ -357,16 +357,7 @@ def _register_bundle(
     tmp_path: Path, tracking_uri: str, artifact_root: str, name: str, *, digest: bool = True
 ) -> Any:
     """A real registration on the MLflow store: log a two-store bundle, register it (with digest)."""
-    import mlflow
-
-    from storeml.connectors.mlflow_registry import (
-        configure,
-        ensure_experiment,
-        log_bundle_model,
-        register_bundle,
-    )
-    from storeml.models.bundle_integrity import bundle_digest
-    from storeml.models.store_models import make_pyfunc_model
+    from tests.registry import log_and_register
 
     rng = np.random.default_rng(5)
     x, y = _training(rng)
@@ -378,19 +369,7 @@ def _register_bundle(
         store_models={"s1": model, "s2": _perturbed(model, rng)},
         global_model=model,
     )
-    configure(tracking_uri)
-    experiment = ensure_experiment(name, f"{artifact_root}/{name}", tracking_uri=tracking_uri)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_bundle_model(folder, make_pyfunc_model(), ["storeml"])
-    return register_bundle(
-        tracking_uri,
-        None,
-        name,
-        info.model_uri,
-        run_id=run.info.run_id,
-        alias="champion",
-        digest=bundle_digest(folder) if digest else None,
-    )
+    return log_and_register(folder, tracking_uri, artifact_root, name, "champion", digest=digest)
 
 
 def _remote(handle: Any, tracking_uri: str) -> Any:

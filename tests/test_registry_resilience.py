@@ -25,27 +25,21 @@ from sklearn.linear_model import LogisticRegression
 
 from storeml.connectors.mlflow_registry import (
     ModelHandle,
-    configure,
-    ensure_experiment,
     get_client,
-    log_bundle_model,
-    register_bundle,
 )
 from storeml.connectors.registry_aliases import AliasResolver
 from storeml.errors import ConnectorError, ModelError
-from storeml.models.bundle_integrity import bundle_digest
-from storeml.models.store_models import ModelCache, make_pyfunc_model, write_bundle
+from storeml.models.store_models import ModelCache, write_bundle
 from storeml.settings import Settings
 from storeml.stack import free_port, init_mlflow
 from storeml.streams.enrich import EnrichBatch, job_context
+from tests.registry import log_and_register
 
 
 def _register(
     tmp: Path, tracking_uri: str, artifact_root: str, name: str, alias: str | None
 ) -> Any:
     """Log a one-store customer bundle in a run and register it as a new version of ``name``."""
-    import mlflow
-
     rng = np.random.default_rng(len(name))
     x = rng.normal(size=(200, 7))
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype("int64"))
@@ -56,19 +50,7 @@ def _register(
         store_models={"s1": model},
         global_model=model,
     )
-    configure(tracking_uri)
-    experiment = ensure_experiment(name, f"{artifact_root}/{name}", tracking_uri=tracking_uri)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_bundle_model(folder, make_pyfunc_model(), ["storeml"])
-    return register_bundle(
-        tracking_uri,
-        None,
-        name,
-        info.model_uri,
-        run_id=run.info.run_id,
-        alias=alias,
-        digest=bundle_digest(folder),
-    )
+    return log_and_register(folder, tracking_uri, artifact_root, name, alias)
 
 
 def _both(tmp: Path, settings: Settings, alias: str | None = "champion") -> dict[str, Any]:
