@@ -15,41 +15,15 @@ import pytest
 from storeml.connectors.event_producer import EventProducer
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.synthetic import GeneratorConfig, generate
-from storeml.errors import CodecError
-from storeml.models.events import ORDER, PRODUCT, validate_order, validate_product
 from storeml.schemas.codec import get_codec
 from storeml.settings import Settings
 from tests.reference import assert_profiles_match, reference_profiles
 from tests.test_hostile_input import HOSTILE_IDS, _hostile, _mutate
-from tests.test_stream_e2e import latest_from_topic, redis_profiles
+from tests.test_stream_e2e import input_events, latest_from_topic, redis_profiles
 
 pytestmark = pytest.mark.slow
 
 _VALID_KEY = re.compile(r"\{[A-Za-z0-9._~@-]{1,128}\}:(customer|product):[A-Za-z0-9._~@-]{1,128}")
-
-
-def input_events(settings: Settings) -> tuple[list[tuple], list[tuple]]:
-    """The input as the broker holds it: good events with coordinates, bad coordinates (judged
-    with each record's timestamp, as the stream does)."""
-    method = watermark_method_for(settings.kafka_flavor)
-    future_ms = int(settings.max_event_future_seconds * 1000)
-    good: list[tuple] = []
-    bad: list[tuple] = []
-    for topic, kind, schema, validate in (
-        (settings.topic_orders, ORDER, "order_event", validate_order),
-        (settings.topic_products, PRODUCT, "product_event", validate_product),
-    ):
-        for r in read_all(settings.kafka_config(), topic, method):
-            try:
-                record = get_codec(schema).decode(r.value)
-            except CodecError:
-                bad.append((topic, r.partition, r.offset))
-                continue
-            if validate(record, r.timestamp_ms, future_ms) is not None:
-                bad.append((topic, r.partition, r.offset))
-            else:
-                good.append((kind, record, topic, r.partition, r.offset))
-    return good, bad
 
 
 def _hostile_messages(rng: random.Random, now_ms: int, count: int) -> list[tuple[str, bytes]]:

@@ -39,8 +39,10 @@ def produce(settings: Settings, config: GeneratorConfig) -> list[Any]:
 
 
 def input_events(settings: Settings) -> tuple[list[tuple[str, dict, str, int, int]], list[tuple]]:
-    """The produced input as the broker holds it: (good events with coordinates, bad messages)."""
+    """The produced input as the broker holds it: (good events with coordinates, bad messages),
+    judged with each record's Kafka timestamp, as the stream does."""
     method = watermark_method_for(settings.kafka_flavor)
+    future_ms = int(settings.max_event_future_seconds * 1000)
     good: list[tuple[str, dict, str, int, int]] = []
     bad: list[tuple] = []
     for topic, kind, schema, validate in (
@@ -53,7 +55,7 @@ def input_events(settings: Settings) -> tuple[list[tuple[str, dict, str, int, in
             except CodecError:
                 bad.append((topic, r.partition, r.offset))
                 continue
-            if validate(record) is not None:
+            if validate(record, r.timestamp_ms, future_ms) is not None:
                 bad.append((topic, r.partition, r.offset))
             else:
                 good.append((kind, record, topic, r.partition, r.offset))
