@@ -279,6 +279,15 @@ def train(ctx: click.Context, stores: int, events: int, seed: int, alias: str) -
 
 
 # --- stream ------------------------------------------------------------------------------------
+_checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False),
+    envvar="STOREML_CHECKPOINT_DIR",
+    show_envvar=True,
+    help="Checkpoint folder [default: <home>/checkpoints/enrich].",
+)
+
+
 @main.group()
 def stream() -> None:
     """The enrichment stream."""
@@ -294,13 +303,7 @@ def stream() -> None:
     show_envvar=True,
     help="Cap on records per micro-batch [default: 50000].",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(file_okay=False),
-    envvar="STOREML_CHECKPOINT_DIR",
-    show_envvar=True,
-    help="Checkpoint folder [default: <home>/checkpoints/enrich].",
-)
+@_checkpoint_option
 @click.pass_context
 def stream_run(
     ctx: click.Context, available_now: bool, max_records: int | None, checkpoint: str | None
@@ -345,13 +348,7 @@ def stream_run(
 
 
 @stream.command("reset")
-@click.option(
-    "--checkpoint",
-    type=click.Path(file_okay=False),
-    envvar="STOREML_CHECKPOINT_DIR",
-    show_envvar=True,
-    help="Checkpoint folder [default: <home>/checkpoints/enrich].",
-)
+@_checkpoint_option
 @click.option("--delete", is_flag=True, help="Delete the old checkpoint instead of moving it aside.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
