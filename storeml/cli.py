@@ -20,6 +20,7 @@ import click
 from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule_group
 from storeml.cli_common import settings_of
 from storeml.cli_models import models
+from storeml.cli_serve import keys_group, serve_cmd
 from storeml.errors import StoremlError
 from storeml.redaction import SecretRedactingFilter
 from storeml.settings import Settings, load_settings
@@ -387,12 +388,54 @@ def stream_reset(ctx: click.Context, checkpoint: str | None, delete: bool, yes: 
 @click.argument("kind", type=click.Choice(["customer", "product"]))
 @click.argument("store_id")
 @click.argument("entity_id")
+@click.option(
+    "--api",
+    "api_url",
+    metavar="URL",
+    help="Go through the serving API at URL (typed values, freshness, the key's rights) instead"
+    " of reading Redis [default: the api_url setting, STOREML_API_URL; unset: Redis].",
+)
+@click.option(
+    "--api-key",
+    metavar="KEY",
+    envvar="STOREML_API_KEY",
+    show_envvar=True,
+    help="API key for --api (`storeml keys create`); prefer the environment variable, which"
+    " `ps` does not show.",
+)
 @click.pass_context
-def lookup(ctx: click.Context, kind: str, store_id: str, entity_id: str) -> None:
-    """Print one profile from the Redis feature store."""
+def lookup(
+    ctx: click.Context,
+    kind: str,
+    store_id: str,
+    entity_id: str,
+    api_url: str | None,
+    api_key: str | None,
+) -> None:
+    """Print one profile: from the Redis feature store, or through the API with --api."""
+    settings = settings_of(ctx)
+    api_url = api_url or settings.api_url
+    if api_url:
+        from storeml.client import Client
+        from storeml.errors import ApiNotFoundError
+
+        if api_key is None and settings.api_key is not None:
+            api_key = settings.api_key.get_secret_value()
+        with Client(api_url, api_key=api_key) as client:
+            try:
+                found = client.customer if kind == "customer" else client.product
+                served = found(store_id, entity_id)
+            except ApiNotFoundError as exc:
+                raise click.ClickException(
+                    f"no {kind} profile for store {store_id!r}, id {entity_id!r} ({exc})"
+                ) from exc
+            except StoremlError as exc:
+                raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(served.to_dict(), indent=2, sort_keys=True))
+        return
+
     from storeml.connectors.redis_sink import FeatureStore
 
-    settings = settings_of(ctx)
     store = FeatureStore(settings.redis, settings.redis_prefix)
     profile = _run(lambda: store.get(kind, store_id, entity_id))
     if profile is None:
@@ -442,6 +485,8 @@ main.add_command(recompute_cmd)
 main.add_command(batch_transform_cmd)
 main.add_command(schedule_group)
 main.add_command(lake)
+main.add_command(serve_cmd)
+main.add_command(keys_group)
 
 if __name__ == "__main__":
     main()

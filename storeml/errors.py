@@ -8,8 +8,15 @@
     │   ├── StackError       the local stack (broker, Redis, MLflow, Java) could not be started
     │   └── FencedError      a transactional producer was fenced by a newer one with its id
     ├── StateError           the profile state store is missing a version or is inconsistent
-    └── ModelError           a model could not be loaded or failed to score
-        └── ArtifactUnavailableError  the artifact store did not answer (worth retrying)
+    ├── ModelError           a model could not be loaded or failed to score
+    │   └── ArtifactUnavailableError  the artifact store did not answer (worth retrying)
+    └── ApiError             the serving API refused a request (SDK, ``storeml.client``)
+        ├── ApiUnauthorizedError  401: no key, or an unknown or revoked one
+        ├── ApiForbiddenError     403: the key lacks the scope the route needs
+        ├── ApiNotFoundError      404: no such profile (or a store the key cannot see)
+        ├── ApiInvalidError       400/422: the request is malformed (names the field)
+        ├── ApiRateLimitedError   429: the key's rate limit; ``retry_after`` seconds
+        └── ApiUnavailableError   503 or no answer: Redis, the registry or the API is down
 
 Messages name the bad value and say how to fix it.
 """
@@ -27,6 +34,13 @@ __all__ = [
     "StateError",
     "ModelError",
     "ArtifactUnavailableError",
+    "ApiError",
+    "ApiUnauthorizedError",
+    "ApiForbiddenError",
+    "ApiNotFoundError",
+    "ApiInvalidError",
+    "ApiRateLimitedError",
+    "ApiUnavailableError",
 ]
 
 
@@ -76,3 +90,47 @@ class ArtifactUnavailableError(ModelError):
     for the store (bounded) instead of publishing the version's rows unscored, so that a replay
     publishes what the first attempt would have.
     """
+
+
+class ApiError(StoremlError):
+    """The serving API answered with an error (or not at all).
+
+    ``status`` is the HTTP status (0 when the server could not be reached), ``code`` the error
+    body's code (``not_found``, ``forbidden``, ...), ``details`` the body's details, if any.
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, code: str = "", details: object = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details
+
+
+class ApiUnauthorizedError(ApiError):
+    """401: the request had no API key, or an unknown or revoked one."""
+
+
+class ApiForbiddenError(ApiError):
+    """403: the key is valid but lacks the scope this route needs."""
+
+
+class ApiNotFoundError(ApiError):
+    """404: no such profile, or a store the key may not see (the two are not told apart)."""
+
+
+class ApiInvalidError(ApiError):
+    """400/422: the request is malformed; the message names the field."""
+
+
+class ApiRateLimitedError(ApiError):
+    """429: the key's rate limit; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ApiUnavailableError(ApiError):
+    """503, or no answer: Redis, the registry or the API itself is unavailable."""

@@ -35,10 +35,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from storeml.errors import ConfigError
 from storeml.redaction import MASK, is_secret_key, mask_value, redact_url
+from storeml.settings_serving import ServeSettings
 
 if TYPE_CHECKING:
     from storeml.connectors.redis_client import RedisTarget
@@ -64,7 +65,7 @@ def _kafka_value(value: Any) -> str | SecretStr:
 KafkaValue = Annotated[str | SecretStr, PlainValidator(_kafka_value)]
 
 
-class Settings(BaseSettings):
+class Settings(ServeSettings):
     """Frozen settings; build with :func:`load_settings` (or :func:`get_settings` for the cached one)."""
 
     model_config = SettingsConfigDict(
@@ -504,6 +505,7 @@ class Settings(BaseSettings):
                 self.redis_password,
                 self.mlflow_password,
                 self.mlflow_token,
+                self.api_key,
                 *self.kafka_security.values(),
             )
             if isinstance(value, SecretStr)

@@ -1,0 +1,1 @@
+"""The HTTP surface: lookups, real-time predict and segments over the feature store (FastAPI)."""
