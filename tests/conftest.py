@@ -168,3 +168,6 @@ def spark(settings_home: Path) -> Iterator[SparkSession]:
         yield session
     finally:
         session.stop()
+
+
+from tests.api_server import api_server  # noqa: E402,F401  (the fixture, for the API tests)
