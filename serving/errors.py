@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storeml.errors import CodecError, ConnectorError, ModelError
 
-__all__ = ["ApiProblem", "problem", "error_response", "install_handlers", "ERROR_CODES"]
+__all__ = [
+    "ApiProblem",
+    "problem",
+    "error_response",
+    "error_responses",
+    "install_handlers",
+    "ERROR_CODES",
+]
 
 log = logging.getLogger("storeml.serve")
 
@@ -38,6 +45,22 @@ ERROR_CODES = {
     503: "unavailable",
     500: "internal",
 }
+
+
+def error_responses(scope: str, not_found: str = "No such profile") -> dict[int | str, Any]:
+    """The error answers a ``/v1`` route documents (``responses=`` of its router)."""
+    from storeml.serving.bodies import ErrorBody
+
+    texts = {
+        400: "The body is not JSON.",
+        401: "No API key, or an unknown or revoked one.",
+        403: f"The key lacks the `{scope}` scope.",
+        404: f"{not_found} (or a store this key may not see: the same answer).",
+        422: "Invalid ids, fields or parameters; the message names them.",
+        429: "The key's rate limit; see `Retry-After`.",
+        503: "Redis or the model registry is unavailable; retry later.",
+    }
+    return {code: {"model": ErrorBody, "description": text} for code, text in texts.items()}
 
 
 class ApiProblem(Exception):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
+from pydantic import Field
 
 from storeml.schemas.typed import ID_FIELDS, iso_millis, to_json
 from storeml.serving.bodies import (
@@ -17,33 +18,20 @@ from storeml.serving.bodies import (
     CustomerBatch,
     CustomerProfile,
     EntityId,
-    ErrorBody,
     ProductBatch,
     ProductProfile,
     StoreId,
 )
 from storeml.serving.deps import State, authorized, not_found
-from storeml.serving.errors import problem
+from storeml.serving.errors import error_responses, problem
 
 __all__ = ["router", "profile_body", "wanted_fields"]
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (401, "No API key, or an unknown or revoked one."),
-        (403, "The key lacks the `read` scope."),
-        (404, "No such profile (or a store this key may not see)."),
-        (422, "Invalid id or fields."),
-        (429, "The key's rate limit."),
-        (503, "Redis is unavailable."),
-    )
-}
 
 router = APIRouter(
     prefix="/v1/stores/{store}",
     tags=["profiles"],
     dependencies=[Depends(authorized("read"))],
-    responses=_ERRORS,
+    responses=error_responses("read"),
 )
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -114,24 +102,30 @@ async def _batch(request_state: Any, kind: str, store: str, body: BatchGetReques
     return _json({"profiles": profiles, "missing": missing})
 
 
-_Fields = Annotated[
-    list[str] | None,
-    Query(description="Keep only these fields (comma-separated or repeated)."),
-]
+def _fields_param(kind: str) -> Any:
+    names = "|".join(PROFILE_FIELDS[kind])
+    return Annotated[
+        list[Annotated[str, Field(pattern=f"^({names})(,({names}))*$")]] | None,
+        Query(description=f"Keep only these {kind} fields (comma-separated or repeated)."),
+    ]
+
+
+_CustomerFields = _fields_param("customer")
+_ProductFields = _fields_param("product")
 
 
 @router.get(
     "/customers/{entity_id}", response_model=CustomerProfile, summary="A customer's profile"
 )
 async def get_customer(
-    store: StoreId, entity_id: EntityId, state: State, fields: _Fields = None
+    store: StoreId, entity_id: EntityId, state: State, fields: _CustomerFields = None
 ) -> Response:
     return await _one(state, "customer", store, entity_id, fields)
 
 
 @router.get("/products/{entity_id}", response_model=ProductProfile, summary="A product's profile")
 async def get_product(
-    store: StoreId, entity_id: EntityId, state: State, fields: _Fields = None
+    store: StoreId, entity_id: EntityId, state: State, fields: _ProductFields = None
 ) -> Response:
     return await _one(state, "product", store, entity_id, fields)
 
