@@ -57,7 +57,7 @@ def test_validator_catches_a_misspelt_key(tmp_path: Path) -> None:
 
 def test_services_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "redis", "postgres", "mlflow", "stream"} <= set(services)
+    assert {"kafka", "redis", "postgres", "mlflow", "stream", "api"} <= set(services)
     for name in ("kafka", "redis", "postgres", "mlflow"):
         assert "healthcheck" in services[name], name
     waits_for = services["stream"]["depends_on"]
@@ -77,6 +77,26 @@ def test_stream_points_at_the_compose_services(compose: dict[str, Any]) -> None:
         assert key.removeprefix("STOREML_").lower() in Settings.model_fields, key
     mounts = [volume.split(":")[1] for volume in compose["services"]["stream"]["volumes"]]
     assert env["STOREML_CHECKPOINT_DIR"].startswith(tuple(mounts))
+
+
+def test_api_serves_from_the_stream_image_and_reports_health(compose: dict[str, Any]) -> None:
+    api, stream = compose["services"]["api"], compose["services"]["stream"]
+    assert api["image"] == stream["image"] and api["build"] == stream["build"]
+    assert api["command"] == ["serve"]
+    env = api["environment"]
+    from storeml.settings import Settings
+
+    for key in env:  # every variable is a real setting (a typo would fail at start-up)
+        assert key.removeprefix("STOREML_").lower() in Settings.model_fields, key
+    assert env["STOREML_SERVE_HOST"] == "0.0.0.0"  # reachable from the published port
+    assert f"127.0.0.1:{env['STOREML_SERVE_PORT']}:8000" in api["ports"]
+    for name in ("STOREML_REDIS_URL", "STOREML_REDIS_PASSWORD", "STOREML_MLFLOW_TRACKING_URI"):
+        assert env[name] == stream["environment"][name], name
+    assert not any(key.startswith("STOREML_KAFKA") for key in env)  # it never talks to Kafka
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    for name in ("redis", "mlflow"):
+        assert api["depends_on"][name]["condition"] == "service_healthy"
+    assert any(v.endswith(":/var/lib/storeml") for v in api["volumes"])
 
 
 def test_dockerfile_builds_the_stream_job() -> None:
