@@ -76,6 +76,17 @@ class ApiServer:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **options)
 
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until ``/readyz`` answers 200 (Redis reached, registry aliases resolved)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = httpx.get(f"{self.url}/readyz", timeout=5)
+            if answer.status_code == 200:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready after {timeout:.0f} s: {answer.text}")
+            time.sleep(0.2)
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +71,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(
 
     train_on_synthetic(settings, stores=3, events=2_000, seed=3)
     server = api_server(serve_rate_limit=0)
-    with server.client() as api:  # ready once the registry answered (predict has its models)
-        deadline = time.monotonic() + 60
-        while api.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, api.get("/readyz").text
-            time.sleep(0.2)
+    server.wait_ready()  # the registry answered: predict has its models
     for who, key in (
         ("admin", server.admin_key),
         ("store", server.key("s1", "read,predict,segments")),
