@@ -2,7 +2,8 @@
 
 Each output is read the way its consumers read it:
 
-* **Redis**: every hash under the run's prefix, all fields, as stored;
+* **Redis**: every hash under the run's prefix, all fields as stored but ``written_at`` (the wall
+  clock of the write), and every score index set (members and scores);
 * **enriched topics**: every record, deduplicated by key keeping the highest
   ``storeml.profile_version`` header (the documented consumer rule). Replays may repeat a
   ``(key, version)`` pair (at least once), never change its value nor skip a version;
@@ -154,21 +155,33 @@ class Comparison:
 
 # --- reading -------------------------------------------------------------------------------------
 def _redis_hashes(url: str, prefix: str) -> dict[str, dict[str, str]]:
+    """Every key under ``prefix``: hashes as field -> value without ``written_at`` (the wall clock
+    of the write differs between runs), score index sets as member -> score."""
     import redis
+
+    from storeml.connectors.redis_sink import is_index_key
 
     client = redis.Redis.from_url(url)
     try:
         keys = sorted(client.scan_iter(match=f"{prefix}:*", count=5000))
         pipe = client.pipeline(transaction=False)
         for key in keys:
-            pipe.hgetall(key)
+            if is_index_key(key, prefix):
+                pipe.zrange(key, 0, -1, withscores=True)
+            else:
+                pipe.hgetall(key)
         values = pipe.execute()
     finally:
         client.close()
-    return {
-        key.decode()[len(prefix) :]: {k.decode(): v.decode() for k, v in raw.items()}
-        for key, raw in zip(keys, values, strict=True)
-    }
+    out: dict[str, dict[str, str]] = {}
+    for key, raw in zip(keys, values, strict=True):
+        if isinstance(raw, list):  # a score index: (member, score) pairs
+            out[key.decode()[len(prefix) :]] = {m.decode(): repr(score) for m, score in raw}
+        else:
+            out[key.decode()[len(prefix) :]] = {
+                k.decode(): v.decode() for k, v in raw.items() if k != b"written_at"
+            }
+    return out
 
 
 def _topic_records(

@@ -326,9 +326,15 @@ def _redis_keys_of(settings: Any, ranges: dict[tuple[str, int], tuple[int, int]]
     """Redis hashes whose ``source`` names an event of the batch with ``ranges``."""
     import redis
 
+    from storeml.connectors.redis_sink import is_index_key
+
     client = redis.Redis.from_url(secret_value(settings.redis_url))
     try:
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
+        keys = [
+            key
+            for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000)
+            if not is_index_key(key, settings.redis_prefix)
+        ]
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hget(key, "source")

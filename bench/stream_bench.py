@@ -332,9 +332,11 @@ def _sum_stages(reports: list[Any]) -> dict[str, float]:
 def _count_keys(url: str, prefix: str, kind: str) -> int:
     import redis
 
+    from storeml.connectors.redis_sink import profile_pattern
+
     client = redis.Redis.from_url(url)
     try:
-        return sum(1 for _ in client.scan_iter(match=f"{prefix}:*:{kind}:*", count=5000))
+        return sum(1 for _ in client.scan_iter(match=profile_pattern(prefix, kind), count=5000))
     finally:
         client.close()
 

@@ -26,13 +26,17 @@ __all__ = ["RedisTarget", "STREAM_ACL", "LOOKUP_ACL", "redis_error"]
 
 #: ACL rules (after ``user <name> on >password``) for the stream's user: the profile keys under
 #: ``{prefix}`` only, and the commands of the guarded writes (Lua: EVALSHA/EVAL, which run
-#: HGET/DEL/HSET), expiry deletes, lookups (HGETALL, SCAN) and the health PING.
+#: HGET/HMGET/DEL/HSET and ZADD/ZREM on the score index), expiry deletes, lookups (HGETALL, SCAN)
+#: and the health PING.
 STREAM_ACL = (
     "resetkeys ~{prefix}:* resetchannels -@all +ping +hello +auth +select"
-    " +script|load +evalsha +eval +hget +hset +del +hgetall +scan"
+    " +script|load +evalsha +eval +hget +hmget +hset +del +zadd +zrem +hgetall +scan"
 )
-#: ACL rules for a read-only lookup user (``storeml lookup``, services reading profiles).
-LOOKUP_ACL = "resetkeys ~{prefix}:* resetchannels -@all +ping +hello +auth +select +hgetall +scan"
+#: ACL rules for a read-only lookup user (``storeml lookup``, ``storeml segments export``,
+#: services reading profiles); ZRANGE reads the score index.
+LOOKUP_ACL = (
+    "resetkeys ~{prefix}:* resetchannels -@all +ping +hello +auth +select +hgetall +scan +zrange"
+)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,40 @@
 """Redis feature store: one hash per (store, entity), written in pipelined, replay-safe batches.
 
-Key layout (``prefix`` defaults to ``storeml``; the ``{store}`` hash tag keeps a store's keys in one
-Redis Cluster slot)::
+Key layout (``prefix`` defaults to ``storeml``)::
 
     <prefix>:{<store_id>}:customer:<customer_id>   -> hash of CustomerProfile fields
     <prefix>:{<store_id>}:product:<product_id>     -> hash of ProductProfile fields
+    <prefix>:{<store_id>}:index:customer:propensity              -> sorted set (score index)
+    <prefix>:{<store_id>}:index:product:category:<category>      -> sorted set (score index)
+
+Every key of a store carries the ``{store_id}`` hash tag, so a store's hashes and indexes live in
+one Redis Cluster slot and the guard below (one Lua call per profile) may touch them together.
 
 Scalars are stored as their string form, lists and records (top_categories, predicted_categories,
-model, source) as JSON; null fields are absent. Every write goes through a Lua guard that replaces the
-hash only when the incoming ``profile_version`` is not older than the stored one, so a replayed or
-late write can never overwrite a newer profile, and a replay of the same batch rewrites identical
-values. A profile published unscored because its model failed (``model.scope`` "unavailable")
-keeps the stored score and the ``model`` that produced it (:data:`KEEP_WHEN_UNAVAILABLE`).
+model, source) as JSON; null fields are absent. ``written_at`` (epoch milliseconds, the writer's
+wall clock) says when the hash was last written; it is no profile field. Every write goes through
+a Lua guard that replaces the hash only when the incoming ``profile_version`` is not older than
+the stored one, so a replayed or late write can never overwrite a newer profile, and a replay of
+the same batch rewrites identical values (``written_at`` aside). A profile published unscored
+because its model failed (``model.scope`` "unavailable") keeps the stored score and the ``model``
+that produced it (:data:`KEEP_WHEN_UNAVAILABLE`).
+
+**Score index** (read by ``connectors/segment_reader.py``): a sorted set per store and score,
+member the entity id, score the model's output: customers' ``propensity``; products' predicted
+categories (one set per category, score = its probability, so a product is in up to 5 sets). The
+guard maintains it in the same Lua call, only when it accepts a write, and derives it from the
+hash: when the score field's text changed, the member leaves the sets the old text put it in and
+joins those of the new text. So the index equals what the hashes say: a kept score (scope
+"unavailable") keeps its entries, a null propensity or an empty ``predicted_categories`` removes
+them, a refused (older) write changes nothing, and the guarded delete (idle expiry) removes the
+entity from its sets. No hidden field is needed; ``written_at`` doubles as the mark that a hash's
+entries are in the index (a hash written before the index existed has none, and is indexed on its
+next accepted write). An index set deleted by hand is not rebuilt by writes that leave the score
+unchanged. The old category sets are learned from the stored hash, so the script touches keys it
+does not declare in ``KEYS``; Redis (7.0, in cluster mode too) allows that for keys in the
+declared key's slot, which the shared hash tag guarantees. A NaN score is not indexed (Redis
+refuses it), and scores are written with 17 significant digits, so the index holds exactly the
+doubles the hash holds.
 
 Writes ride out a Redis outage: a connection error or timeout is retried with exponential backoff
 (0.2 s doubling to 5 s) for up to ``retry_seconds``; the guard makes the repeated part of a
@@ -35,22 +58,68 @@ __all__ = [
     "RedisProfileSink",
     "FeatureStore",
     "KEEP_WHEN_UNAVAILABLE",
+    "SCORE_INDEX",
     "profile_key",
+    "profile_pattern",
+    "index_key",
+    "is_index_key",
     "encode_fields",
     "decode_fields",
 ]
 
 log = logging.getLogger("storeml.redis")
 
-# ARGV: profile_version, K, K field names to keep when the hash has them, then field/value pairs.
-_GUARDED_REPLACE = """
-local current = redis.call('HGET', KEYS[1], 'profile_version')
-if current and tonumber(current) > tonumber(ARGV[1]) then
+# The score index, shared by both guards. ``mode`` is "" (kind not indexed), "score" (the score
+# field's text is one number; ``index`` is the sorted set) or "ranked" (a JSON list of
+# {category, probability}; ``index`` is the key prefix of the per-category sets). The entries
+# are a table index key -> score text; ``reindex`` moves ``member`` from one set of entries to
+# the other.
+_INDEX_LUA = """
+local function index_entries(mode, value, index)
+  local out = {}
+  if mode == '' or value == '' then return out end
+  if mode == 'score' then
+    local n = tonumber(value)
+    if n and n == n then out[index] = value end
+    return out
+  end
+  local ok, items = pcall(cjson.decode, value)
+  if not ok or type(items) ~= 'table' then return out end
+  for _, item in ipairs(items) do
+    if type(item) == 'table' then
+      local c, p = item['category'], item['probability']
+      if type(c) == 'string' and type(p) == 'number' and p == p then
+        out[index .. c] = string.format('%.17g', p)
+      end
+    end
+  end
+  return out
+end
+local function reindex(before, after, member)
+  for key, _ in pairs(before) do
+    if not after[key] then redis.call('ZREM', key, member) end
+  end
+  for key, score in pairs(after) do
+    redis.call('ZADD', key, score, member)
+  end
+end
+"""
+
+# ARGV: profile_version, index mode, score field, index key (prefix), member (the entity id),
+# K, K field names to keep when the hash has them, then field/value pairs. The index is touched
+# only when the score field's text changed, or when the old hash has no ``written_at``: it was
+# written before the index existed, so its entries are not there yet.
+_GUARDED_REPLACE = (
+    _INDEX_LUA
+    + """
+local mode, field, index = ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('HMGET', KEYS[1], 'profile_version', 'written_at', field)
+if current[1] and tonumber(current[1]) > tonumber(ARGV[1]) then
   return 0
 end
-local keep = tonumber(ARGV[2])
+local keep = tonumber(ARGV[6])
 local kept = {}
-for i = 3, 2 + keep do
+for i = 7, 6 + keep do
   local value = redis.call('HGET', KEYS[1], ARGV[i])
   if value then
     kept[#kept + 1] = ARGV[i]
@@ -58,12 +127,22 @@ for i = 3, 2 + keep do
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3 + keep))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7 + keep))
 if #kept > 0 then
   redis.call('HSET', KEYS[1], unpack(kept))
 end
+if mode ~= '' then
+  local old = current[3] or ''
+  local new = redis.call('HGET', KEYS[1], field) or ''
+  if not current[2] then
+    reindex({}, index_entries(mode, new, index), ARGV[5])
+  elseif old ~= new then
+    reindex(index_entries(mode, old, index), index_entries(mode, new, index), ARGV[5])
+  end
+end
 return 1
 """
+)
 
 #: Fields an unscored write keeps from the stored hash (scope "unavailable": the model that
 #: should have scored the profile failed), so that a failure never erases a score.
@@ -80,13 +159,28 @@ end
 return 1
 """
 
-_GUARDED_DELETE = """
+# ARGV: profile_version, index mode, score field, index key (prefix), member.
+_GUARDED_DELETE = (
+    _INDEX_LUA
+    + """
 local current = redis.call('HGET', KEYS[1], 'profile_version')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
+if ARGV[2] ~= '' then
+  local old = redis.call('HGET', KEYS[1], ARGV[3]) or ''
+  reindex(index_entries(ARGV[2], old, ARGV[4]), {}, ARGV[5])
+end
 return redis.call('DEL', KEYS[1])
 """
+)
+
+#: The score index of each kind: ``(segment field, hash field holding the score, mode)``.
+#: Customers: one set of propensities; products: one set per predicted category.
+SCORE_INDEX = {
+    "customer": ("propensity", "propensity", "score"),
+    "product": ("category", "predicted_categories", "ranked"),
+}
 
 _JSON_FIELDS = {"top_categories", "predicted_categories", "model", "source", "shadow"}
 
@@ -98,6 +192,41 @@ _json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 def profile_key(prefix: str, kind: str, store_id: str, entity_id: str) -> str:
     """The Redis key of one profile (``kind`` is "customer" or "product")."""
     return f"{prefix}:{{{store_id}}}:{kind}:{entity_id}"
+
+
+def profile_pattern(prefix: str, kind: str, store_id: str | None = None) -> str:
+    """A SCAN pattern of the profile hashes of ``kind`` (one store, or all), never an index."""
+    # ids and store ids cannot hold "}" (docs/ids.md), so "}:<kind>:" only follows the tag
+    return f"{prefix}:{{{store_id or '*'}}}:{kind}:*"
+
+
+def index_key(
+    prefix: str, kind: str, store_id: str, field: str, category: str | None = None
+) -> str:
+    """The sorted set of one score index: ``kind`` "customer" with ``field`` "propensity", or
+    "product" with ``field`` "category" and a ``category``; anything else is a ``ValueError``."""
+    if (kind, field) == ("customer", "propensity") and category is None:
+        return f"{prefix}:{{{store_id}}}:index:customer:propensity"
+    if (kind, field) == ("product", "category") and category is not None:
+        return f"{prefix}:{{{store_id}}}:index:product:category:{category}"
+    raise ValueError(f"no score index for kind {kind!r}, field {field!r}, category {category!r}")
+
+
+def is_index_key(key: str | bytes, prefix: str) -> bool:
+    """Whether ``key`` (under ``prefix``) is a score index rather than a profile hash."""
+    text = key.decode() if isinstance(key, bytes) else key
+    head, sep, rest = text[len(prefix) :].partition("}:")
+    return bool(sep) and head.startswith(":{") and rest.startswith("index:")
+
+
+def _index_args(prefix: str, kind: str, store_id: str) -> tuple[str, str, str]:
+    """``(mode, score field, index key or key prefix)`` of the guard for one store's ``kind``."""
+    spec = SCORE_INDEX.get(kind)
+    if spec is None:
+        return "", "", ""
+    _, field, mode = spec
+    tail = "customer:propensity" if mode == "score" else "product:category:"
+    return mode, field, f"{prefix}:{{{store_id}}}:index:{tail}"
 
 
 def encode_fields(record: Mapping[str, Any]) -> list[str]:
@@ -137,6 +266,11 @@ def _kept(record: Mapping[str, Any], keep: tuple[str, ...]) -> tuple[str, ...]:
     return ()
 
 
+#: One guarded write: key, profile_version, (mode, score field, index, member), kept fields,
+#: field/value pairs.
+_Call = tuple[str, Any, tuple[str, ...], tuple[str, ...], list[str]]
+
+
 class RedisProfileSink(Sink):
     """Writes profiles to Redis through the version guard, one pipeline per call."""
 
@@ -167,15 +301,25 @@ class RedisProfileSink(Sink):
 
         self.ensure_setup()
         keep = KEEP_WHEN_UNAVAILABLE.get(kind, ())
-        calls = [
-            (
-                profile_key(self.prefix, kind, record["store_id"], record[id_field]),
-                record["profile_version"],
-                _kept(record, keep),
-                encode_fields(record),
+        written_at = ("written_at", str(time.time_ns() // 1_000_000))
+        indexes: dict[str, tuple[str, str, str]] = {}
+        calls: list[_Call] = []
+        for record in records:
+            store, entity = record["store_id"], record[id_field]
+            index = indexes.get(store)
+            if index is None:
+                index = indexes[store] = _index_args(self.prefix, kind, store)
+            fields = encode_fields(record)
+            fields.extend(written_at)
+            calls.append(
+                (
+                    profile_key(self.prefix, kind, store, entity),
+                    record["profile_version"],
+                    (*index, entity),
+                    _kept(record, keep),
+                    fields,
+                )
             )
-            for record in records
-        ]
         if not calls:
             return 0, 0
         results = self._with_retry(
@@ -222,7 +366,11 @@ class RedisProfileSink(Sink):
 
         self.ensure_setup()
         calls = [
-            (profile_key(self.prefix, kind, store, entity), int(version))
+            (
+                profile_key(self.prefix, kind, store, entity),
+                int(version),
+                (*_index_args(self.prefix, kind, store), entity),
+            )
             for store, entity, version in entities
         ]
         if not calls:
@@ -230,13 +378,11 @@ class RedisProfileSink(Sink):
 
         def run() -> int:
             pipe = self._client.pipeline(transaction=False)
-            for key, version in calls:
-                pipe.eval(_GUARDED_DELETE, 1, key, version)
+            for key, version, index in calls:
+                pipe.eval(_GUARDED_DELETE, 1, key, version, *index)
             return sum(int(r) for r in pipe.execute())
 
-        return int(
-            self._with_retry(run, f"Redis delete of {len(calls)} expired {kind} profiles")
-        )
+        return int(self._with_retry(run, f"Redis delete of {len(calls)} expired {kind} profiles"))
 
     def generation(self) -> int | None:
         """The highest profile generation recorded under this prefix, None when none is."""
@@ -258,12 +404,12 @@ class RedisProfileSink(Sink):
     def _meta_key(self) -> str:
         return f"{self.prefix}:meta"
 
-    def _execute(self, calls: list[tuple[str, Any, tuple[str, ...], list[str]]]) -> list[Any]:
+    def _execute(self, calls: list[_Call]) -> list[Any]:
         """One pipeline of EVALSHA calls of the guard (cheaper per call than redis-py's Script)."""
         pipe = self._client.pipeline(transaction=False)
         command = pipe.execute_command
-        for key, version, keep, fields in calls:
-            command("EVALSHA", self._sha, 1, key, version, len(keep), *keep, *fields)
+        for key, version, index, keep, fields in calls:
+            command("EVALSHA", self._sha, 1, key, version, *index, len(keep), *keep, *fields)
         return pipe.execute()
 
     def close(self) -> None:
@@ -298,10 +444,9 @@ class FeatureStore:
         return self.get("product", store_id, product_id)
 
     def scan(self, kind: str, store_id: str | None = None, count: int = 1000) -> list[str]:
-        """Keys of profiles of ``kind`` (optionally one store), for tools and tests."""
-        pattern = (
-            f"{self.prefix}:{{{store_id}}}:{kind}:*" if store_id else f"{self.prefix}:*:{kind}:*"
-        )
+        """Keys of profiles of ``kind`` (optionally one store), for tools and tests; the score
+        indexes are not profiles and are left out."""
+        pattern = profile_pattern(self.prefix, kind, store_id)
         return [k.decode() for k in self._client.scan_iter(match=pattern, count=count)]
 
     def close(self) -> None:

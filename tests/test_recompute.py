@@ -25,7 +25,7 @@ from storeml.connectors.profile_files import read_profiles
 from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.settings import Settings
 from tests.reference import assert_profiles_match, reference_profiles
-from tests.test_stream_e2e import input_events, redis_profiles
+from tests.test_stream_e2e import input_events, redis_indexes, redis_profiles
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,9 @@ def _run_stream(spark: Any, settings: Settings) -> list[Any]:
 
 
 def _redis(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
+    """The hashes of ``kind`` without ``source`` and ``written_at`` (the wall clock of a write)."""
     return {
-        k: {f: v for f, v in h.items() if f != "source"}
+        k: {f: v for f, v in h.items() if f not in ("source", "written_at")}
         for k, h in redis_profiles(settings, kind).items()
     }
 
@@ -118,6 +119,8 @@ def test_recompute_from_lake_and_topic_equals_the_stream(
         for kind, attr, schema in KINDS
     }
     redis_before = {kind: _redis(settings, kind) for kind, _, _ in KINDS}
+    indexes_before = redis_indexes(settings)
+    assert indexes_before, "the stream should have filled the score index"
     ends = {
         kind: 1
         + max(
@@ -144,6 +147,7 @@ def test_recompute_from_lake_and_topic_equals_the_stream(
         published = _latest(settings, getattr(settings, attr), schema, kind)
         assert published == want
         assert _redis(settings, kind) == redis_before[kind]
+    assert redis_indexes(settings) == indexes_before
 
     # from the topics (malformed events skipped, not dead-lettered again), Parquet only; each
     # task holds at most 500 facts at once, a small part of its history

@@ -102,6 +102,24 @@ def redis_profiles(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def redis_indexes(settings: Settings) -> dict[str, dict[str, float]]:
+    """Every score index set under the prefix (key without the prefix -> member -> score)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    prefix = settings.redis_prefix
+    try:
+        keys = client.scan_iter(match=f"{prefix}:{{*}}:index:*", count=5000)
+        return {
+            key.decode()[len(prefix) :]: {
+                m.decode(): score for m, score in client.zrange(key, 0, -1, withscores=True)
+            }
+            for key in keys
+        }
+    finally:
+        client.close()
+
+
 def test_stream_matches_plain_pandas_and_dead_letters(spark: Any, settings: Settings) -> None:
     from storeml.batch.history import train_on_synthetic
     from storeml.streams.enrich import start_enrichment
