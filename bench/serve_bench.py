@@ -1,0 +1,408 @@
+"""Serving benchmark (issue #11): ``storeml serve`` against Feast's feature server and raw Redis.
+
+Run from the repository root (about five minutes at the defaults, plus about a minute once to
+create Feast's venv)::
+
+    .venv/bin/python -m bench.serve_bench
+    .venv/bin/python -m bench.serve_bench --rates 500,1000,2000 --duration 30 --json out.json
+    .venv/bin/python -m bench.serve_bench --systems storeml,redis --cases single --duration 5
+
+One run, one private ``redis-server`` on a free port, one set of profiles:
+
+* **data**: ``--customers`` customer profiles over ``--stores`` stores, written through the
+  stream's own ``RedisProfileSink`` (its Lua guard and encoding), so the hashes are exactly what
+  the stream writes; a customer bundle of every store registered as ``<model>@champion`` in a
+  private MLflow on SQLite (predict by id scores the stored profile with it);
+* **storeml**: ``storeml serve`` (one uvicorn process, the settings as ``STOREML_*`` variables)
+  with an admin key made by ``KeyStore``; the per-key rate limit is raised out of the way
+  (``STOREML_SERVE_RATE_LIMIT=1e6``: the limiter runs, it never refuses);
+* **feast**: Feast's own Python feature server (``feast serve``, one worker, Redis online store)
+  from a venv the bench creates and caches (``bench/serve_peer.py``), its profiles written by
+  Feast's ``write_to_online_store`` into the same Redis (its own key space);
+* **redis**: redis-py's asyncio client (hiredis) in the load generator itself, HGETALL or a
+  pipeline of 50: the floor under any server.
+
+Cases: ``single`` (``GET /v1/stores/{s}/customers/{id}``; Feast: one entity), ``batch50``
+(``POST .../customers:batchGet`` with 50 ids of one store; Feast: the same 50 entities; Redis: a
+pipeline) and ``predict`` (``POST .../models/customer:predict`` with one id; storeml only).
+Each runs open-loop at every ``--rates`` rate (``bench/serve_load.py``: intended start times
+fixed in advance, latency from the intended start) and closed-loop with
+``--saturation-connections`` connections for the saturation throughput.
+
+Nothing here asserts a time: it prints tables (``--json`` also writes everything) next to the
+targets of the issue, marked met or not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import emit
+from bench.serve_procs import HttpServer, load_generator
+from bench.serve_report import format_report, verdicts
+
+__all__ = ["CASES", "SYSTEMS", "build_parser", "main", "run"]
+
+CASES = ("single", "batch50", "predict")
+SYSTEMS = ("storeml", "feast", "redis")
+REPO = Path(__file__).resolve().parent.parent
+PREFIX = "bench"
+MODEL = "bench-serve-customers"
+#: Distinct requests per case (drawn once, the same for every system, sent round-robin).
+POOL = 4096
+
+_T0 = time.perf_counter()
+
+
+def _say(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --- requests ------------------------------------------------------------------------------------
+def draw_keys(case: str, stores: int, per_store: int, seed: int) -> list[list[tuple[str, str]]]:
+    """(store, customer) keys of each request of ``case``: one key, or 50 of one store."""
+    from bench.serve_seed import customer_id, store_id
+
+    rng = random.Random(f"{seed}:{case}")
+    size = 50 if case == "batch50" else 1
+    out = []
+    for _ in range(POOL):
+        s = rng.randrange(stores)
+        picks = rng.sample(range(per_store), size)
+        out.append([(store_id(s), customer_id(c)) for c in picks])
+    return out
+
+
+def storeml_requests(case: str, keys: list[list[tuple[str, str]]]) -> list[dict[str, Any]]:
+    import json
+
+    out = []
+    for group in keys:
+        store = group[0][0]
+        if case == "single":
+            out.append({"method": "GET", "path": f"/v1/stores/{store}/customers/{group[0][1]}"})
+        elif case == "batch50":
+            body = json.dumps({"ids": [c for _, c in group]}, separators=(",", ":"))
+            path = f"/v1/stores/{store}/customers:batchGet"
+            out.append({"method": "POST", "path": path, "body": body})
+        else:
+            body = json.dumps({"ids": [group[0][1]]}, separators=(",", ":"))
+            path = f"/v1/stores/{store}/models/customer:predict"
+            out.append({"method": "POST", "path": path, "body": body})
+    return out
+
+
+def redis_requests(keys: list[list[tuple[str, str]]]) -> list[list[str]]:
+    from storeml.connectors.redis_sink import profile_key
+
+    return [[profile_key(PREFIX, "customer", s, c) for s, c in group] for group in keys]
+
+
+# --- the servers ---------------------------------------------------------------------------------
+def start_storeml(
+    workdir: Path, redis_url: str, tracking: str, artifacts: str, port: int
+) -> HttpServer:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREML_")}
+    env.update(
+        {
+            "STOREML_HOME": str(workdir / "home"),
+            "STOREML_REDIS_URL": redis_url,
+            "STOREML_REDIS_PREFIX": PREFIX,
+            "STOREML_MLFLOW_TRACKING_URI": tracking,
+            "STOREML_MLFLOW_ARTIFACT_ROOT": artifacts,
+            "STOREML_CUSTOMER_MODEL": MODEL,
+            "STOREML_SERVE_RATE_LIMIT": "1000000",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    server = HttpServer(
+        "storeml serve",
+        [sys.executable, "-m", "storeml.cli", "serve", "--port", str(port)],
+        port,
+        workdir / "storeml-serve.log",
+        env=env,
+        cwd=REPO,
+    )
+    server.start()
+    return server
+
+
+def wait_answer(base: str, request: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
+    """Send ``request`` until it answers 200 (the predictor opens its model in the background)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    status = 0
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
+        while time.monotonic() < deadline:
+            answer = client.request(
+                request["method"],
+                request["path"],
+                content=request.get("body"),
+                headers={"Content-Type": "application/json"} if request.get("body") else None,
+            )
+            status = answer.status_code
+            if status == 200:
+                return status
+            time.sleep(0.2)
+    raise RuntimeError(f"{base}{request['path']} still answers {status} after {timeout:.0f}s")
+
+
+# --- one measurement -----------------------------------------------------------------------------
+def measure(
+    target: dict[str, Any],
+    requests: Sequence[Any],
+    *,
+    mode: str,
+    rate: float,
+    duration: float,
+    warmup: float,
+    connections: int,
+    server: HttpServer | None,
+) -> dict[str, Any]:
+    spec = {
+        "target": target,
+        "requests": list(requests),
+        "mode": mode,
+        "rate": rate,
+        "duration": duration,
+        "warmup": warmup,
+        "connections": connections,
+        "drain": 5.0,
+    }
+    cpu0 = server.cpu_seconds() if server else 0.0
+    wall0 = time.perf_counter()
+    result = load_generator(spec, sys.executable, REPO)
+    if server is not None:
+        wall = time.perf_counter() - wall0
+        result["server_cpu"] = (server.cpu_seconds() - cpu0) / wall  # includes process start-up
+        result["server_rss"] = server.rss_bytes()
+        result["settle_s"] = settle(server)
+    return result
+
+
+def settle(server: HttpServer, idle: float = 0.05, timeout: float = 20.0) -> float:
+    """Wait until ``server`` is idle (under ``idle`` of a core over 0.25 s): an overloaded run
+    leaves requests the generator gave up on, which must not run into the next one."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        before = server.cpu_seconds()
+        time.sleep(0.25)
+        if server.cpu_seconds() - before < idle * 0.25:
+            break
+    return time.perf_counter() - started
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from storeml.stack import RedisServer
+
+    cases = [c for c in args.cases.split(",") if c]
+    systems = [s for s in args.systems.split(",") if s]
+    rates = [float(r) for r in args.rates.split(",") if r]
+    bad = sorted(set(cases) - set(CASES)) + sorted(set(systems) - set(SYSTEMS))
+    if bad:
+        raise SystemExit(f"unknown case or system: {', '.join(bad)}")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="storeml-serve-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_at_start": os.getloadavg(),
+        },
+        "args": vars(args),
+        "runs": [],
+        "notes": [],
+    }
+    redis = RedisServer(workdir=workdir / "redis")
+    servers: list[Any] = []
+    try:
+        redis.start()
+        _say(f"redis-server on port {redis.port}")
+        results["setup"] = setup_data(args, workdir, redis.url)
+        targets = start_systems(args, systems, cases, workdir, redis, servers, results)
+        per_store = args.customers // args.stores
+        for case in cases:
+            keys = draw_keys(case, args.stores, per_store, args.seed)
+            plans = [(name, *plan) for name in systems if (plan := targets[name](case, keys))]
+            for rate in rates:
+                for name, target, reqs, server in plans:
+                    _say(f"{case:8} {name:8} open loop {rate:,.0f}/s for {args.duration:g}s")
+                    result = measure(
+                        target,
+                        reqs,
+                        mode="open",
+                        rate=rate,
+                        duration=args.duration,
+                        warmup=args.warmup,
+                        connections=args.connections,
+                        server=server,
+                    )
+                    results["runs"].append({"case": case, "system": name, "rate": rate, **result})
+            if args.saturation_duration > 0:
+                for name, target, reqs, server in plans:
+                    _say(
+                        f"{case:8} {name:8} closed loop, {args.saturation_connections} connections"
+                    )
+                    result = measure(
+                        target,
+                        reqs,
+                        mode="closed",
+                        rate=0,
+                        duration=args.saturation_duration,
+                        warmup=args.warmup,
+                        connections=args.saturation_connections,
+                        server=server,
+                    )
+                    results["runs"].append(
+                        {"case": case, "system": name, "rate": "saturation", **result}
+                    )
+    finally:
+        for server in servers:
+            server.stop()
+        redis.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            results["workdir"] = str(workdir)
+    results["verdicts"] = verdicts(results)
+    return results
+
+
+def setup_data(args: argparse.Namespace, workdir: Path, redis_url: str) -> dict[str, Any]:
+    from bench.serve_seed import make_profiles, seed_redis, write_feast_parquet
+
+    now_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    records = make_profiles(args.stores, args.customers, seed=args.seed, now_ms=now_ms, model=MODEL)
+    made = time.perf_counter() - started
+    _say(f"{len(records):,} profiles made in {made:.1f}s; writing them with RedisProfileSink")
+    seeded = seed_redis(redis_url, PREFIX, records)
+    write_feast_parquet(records, workdir / "profiles.parquet", now_ms)
+    return {"profiles": len(records), "make_s": made, "redis_sink": seeded, "now_ms": now_ms}
+
+
+def start_systems(
+    args: argparse.Namespace,
+    systems: list[str],
+    cases: list[str],
+    workdir: Path,
+    redis: Any,
+    servers: list[Any],
+    results: dict[str, Any],
+) -> dict[str, Callable[[str, Any], tuple[dict[str, Any], list[Any], Any] | None]]:
+    """Start the servers of ``systems``; per system, a function from (case, keys) to the
+    generator's target, the requests and the server process (None where it has no such case)."""
+    from bench.serve_peer import FeastPeer, default_venv, ensure_feast_venv, feast_requests
+    from storeml.stack import free_port
+
+    plans: dict[str, Callable[[str, Any], Any]] = {}
+    if "redis" in systems:
+        target = {"kind": "redis", "url": redis.url}
+        plans["redis"] = lambda case, keys: (
+            None if case == "predict" else (target, redis_requests(keys), None)
+        )
+    if "feast" in systems:
+        try:
+            venv = ensure_feast_venv(Path(args.feast_venv or default_venv()), say=_say)
+            peer = FeastPeer(venv, workdir, "127.0.0.1", int(redis.port))
+            _say(f"Feast {venv['version']}: writing the profiles with write_to_online_store")
+            loaded = peer.load(workdir / "profiles.parquet")
+            servers.append(peer)
+            port = free_port()
+            start_s = peer.start(port)
+            results["feast"] = {"version": venv["version"], "load": loaded, "start_s": start_s}
+            feast_target = {"kind": "http", "host": "127.0.0.1", "port": port}
+            feast_server = peer.server
+            plans["feast"] = lambda case, keys: (
+                None if case == "predict" else (feast_target, feast_requests(keys), feast_server)
+            )
+        except (RuntimeError, OSError, ValueError) as exc:
+            reason = f"Feast peer unavailable: {exc}"
+            _say(reason)
+            results["notes"].append(reason)
+            results["feast"] = {"error": str(exc)}
+    if "storeml" in systems:
+        from bench.serve_seed import register_model
+        from storeml.connectors.api_keys import ADMIN, SCOPES, KeyStore
+        from storeml.connectors.redis_client import RedisTarget
+
+        tracking = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
+        artifacts = (workdir / "mlflow" / "artifacts").as_uri()
+        if "predict" in cases:
+            _say(f"registering {MODEL}@champion ({args.stores} stores) in MLflow on SQLite")
+            results["model"] = register_model(
+                workdir, args.stores, tracking, artifacts, MODEL, "champion"
+            )
+        client = RedisTarget.parse(redis.url).connect()
+        key, record = KeyStore(client, PREFIX).create(ADMIN, list(SCOPES), label="serve bench")
+        client.close()
+        port = free_port()
+        server = start_storeml(workdir, redis.url, tracking, artifacts, port)
+        servers.append(server)
+        headers = {"Authorization": f"Bearer {key}"}
+        results["storeml"] = {"key_id": record.key_id}
+        if "predict" in cases:
+            probe = storeml_requests("predict", draw_keys("predict", args.stores, 1, args.seed))
+            wait_answer(server.base, probe[0], headers, timeout=180)
+        st_target = {"kind": "http", "host": "127.0.0.1", "port": port, "headers": headers}
+        plans["storeml"] = lambda case, keys: (st_target, storeml_requests(case, keys), server)
+    return plans
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serve_bench",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rates", default="500,1000,2000", help="open-loop rates, requests/s")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS)}")
+    parser.add_argument("--stores", type=int, default=100)
+    parser.add_argument("--customers", type=int, default=100_000, help="profiles, all stores")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="open loop: most connections the generator opens",
+    )
+    parser.add_argument(
+        "--saturation-connections", type=int, default=16, help="closed loop: connections"
+    )
+    parser.add_argument(
+        "--saturation-duration", type=float, default=10.0, help="closed loop seconds; 0: skip"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--feast-venv", help="Feast's venv [default: ~/.cache/storeml-bench/feast-venv]"
+    )
+    parser.add_argument("--workdir", help="keep the run's files here (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="do not delete the work folder")
+    parser.add_argument("--json", type=Path, help="write all results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    emit(results, format_report(results), args.json, print)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
