@@ -105,9 +105,7 @@ class Predictor:
             settings.tracking_uri, settings.registry_uri, settings.mlflow_timeout_seconds
         )
         self.refresh_s = (
-            refresh_s
-            if refresh_s is not None
-            else float(getattr(settings, "serve_alias_refresh_seconds", 5.0))
+            refresh_s if refresh_s is not None else settings.serve_alias_refresh_seconds
         )
         self.models = {"customer": settings.customer_model, "product": settings.product_model}
         self.aliases = tuple(
