@@ -227,14 +227,18 @@ class Client(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
     ) -> SegmentPage:
-        """One page of the segment ``min <= score <= max`` (score descending)."""
+        """One page of the segment ``min <= score <= max`` (bounds inclusive, score descending).
+
+        ``field`` is what to segment on: ``propensity`` for customers, ``category`` for products
+        (then ``category`` names the predicted category); None is the kind's default.
+        """
         request = segment_request(store, kind, field, min, max, category, limit, cursor)
         return parse_segment_page(self._call(request), str(request))
 
@@ -242,7 +246,7 @@ class Client(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,
@@ -261,7 +265,7 @@ class Client(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,
@@ -386,7 +390,7 @@ class AsyncClient(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,
@@ -401,7 +405,7 @@ class AsyncClient(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,
@@ -421,7 +425,7 @@ class AsyncClient(_Base):
         self,
         store: str,
         kind: str,
-        field: str = "propensity",
+        field: str | None = None,
         min: float | None = None,
         max: float | None = None,
         category: str | None = None,

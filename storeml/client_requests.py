@@ -123,7 +123,7 @@ def _query_value(value: Any) -> str:
 def segment_request(
     store: str,
     kind: str,
-    field: str = "propensity",
+    field: str | None = None,
     min: float | None = None,
     max: float | None = None,
     category: str | None = None,
@@ -140,7 +140,7 @@ def segment_request(
 def export_request(
     store: str,
     kind: str,
-    field: str = "propensity",
+    field: str | None = None,
     min: float | None = None,
     max: float | None = None,
     category: str | None = None,

@@ -382,6 +382,7 @@ def test_segment_pages_iteration_and_export(live: Live) -> None:
         as_csv = list(client.export_segment("s1", "customer", min=0.5, format="csv"))
         band = list(client.iter_segment("s1", "customer", min=0.3, max=0.4))
         shoes = client.segment("s1", "product", field="category", category="shoes", limit=100)
+        by_default = client.segment("s1", "product", category="shoes", limit=100)  # field: kind's
     assert list(first.items) == want[:10] and list(second.items) == want[10:20]
     assert first.next_cursor is not None
     assert walked == want and len({item.id for item in walked}) == len(want)
@@ -394,7 +395,7 @@ def test_segment_pages_iteration_and_export(live: Live) -> None:
         for pid, r in live.products.items()
     }
     assert {item.id: item.score for item in shoes.items} == pytest.approx(expected_shoes)
-    assert shoes.next_cursor is None
+    assert shoes.next_cursor is None and by_default == shoes
 
 
 def test_segment_errors(live: Live) -> None:
