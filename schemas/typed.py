@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -82,21 +82,39 @@ def field_types(kind: str) -> dict[str, FieldType]:
     return {f["name"]: _field_type(f["name"], f["type"]) for f in schema["fields"]}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _finite(text: bytes | str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None  # JSON has no NaN
 
 
-def _scalar(ftype: FieldType, text: str) -> Any:
-    if ftype.base in ("int", "long"):
-        return int(text)
-    if ftype.base in ("double", "float"):
-        number = float(text)
-        return number if math.isfinite(number) else None  # JSON has no NaN
-    if ftype.base == "boolean":
-        return text in ("True", "true", "1")
-    if ftype.base == "json":
-        return json.loads(text)
-    return text
+def _boolean(text: bytes | str) -> bool:
+    return text in (b"True", b"true", b"1", "True", "true", "1")
+
+
+def _string(text: bytes | str) -> str:
+    return text.decode() if isinstance(text, bytes) else text
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "int": int,
+    "long": int,
+    "double": _finite,
+    "float": _finite,
+    "boolean": _boolean,
+    "json": json.loads,
+    "string": _string,
+}
+
+
+@cache
+def _converters(kind: str) -> dict[bytes | str, tuple[str, Callable[[Any], Any]]]:
+    """Stored field name (bytes and text) -> (field, parser); parsers take bytes or text."""
+    out: dict[bytes | str, tuple[str, Callable[[Any], Any]]] = {}
+    for name, ftype in field_types(kind).items():
+        entry = (name, _CONVERT.get(ftype.base, _string))
+        out[name] = entry
+        out[name.encode()] = entry
+    return out
 
 
 def from_redis(
@@ -106,37 +124,43 @@ def from_redis(
 
     Raises :class:`CodecError` when a stored value does not parse as its field's type.
     """
-    types = field_types(kind)
-    record: dict[str, Any] = dict.fromkeys(types)
+    converters = _converters(kind)
+    record: dict[str, Any] = dict.fromkeys(field_types(kind))
     written_at: int | None = None
     for key, value in raw.items():
-        name = _text(key)
-        ftype = types.get(name)
+        entry = converters.get(key)
         try:
-            if ftype is not None:
-                record[name] = _scalar(ftype, _text(value))
-            elif name == "written_at":
-                written_at = int(_text(value))
+            if entry is not None:
+                record[entry[0]] = entry[1](value)
+            elif key in (b"written_at", "written_at"):
+                written_at = int(value)
         except ValueError as exc:
-            raise CodecError(f"stored {kind} field {name!r} does not parse: {exc}") from exc
+            raise CodecError(f"stored {kind} field {_string(key)!r} does not parse: {exc}") from exc
     return record, written_at
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 def iso_millis(epoch_ms: int | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds and ``Z`` (None stays None)."""
     if epoch_ms is None:
         return None
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch_ms) % 1000:03d}Z"
+    moment = _EPOCH + timedelta(milliseconds=epoch_ms)
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+@cache
+def _timestamps(kind: str) -> tuple[str, ...]:
+    return tuple(name for name, ftype in field_types(kind).items() if ftype.timestamp)
 
 
 def to_json(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` with its timestamps as ISO 8601 text (other values are JSON already)."""
-    types = field_types(kind)
-    out: dict[str, Any] = {}
-    for name, value in record.items():
-        ftype = types.get(name)
-        out[name] = iso_millis(value) if ftype is not None and ftype.timestamp else value
+    out = dict(record)
+    for name in _timestamps(kind):
+        if name in out:
+            out[name] = iso_millis(out[name])
     return out
 
 
@@ -157,7 +181,47 @@ def parse_time(name: str, value: Any) -> int:
     raise CodecError(f"field {name!r}: expected a time (ISO 8601 or epoch ms), got {value!r}")
 
 
-def _posted(ftype: FieldType, value: Any) -> Any:
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+
+
+def _qualified(node: Any, space: str, named: Mapping[str, Any]) -> Any:
+    """``node`` with references to the schema's named types spelt in full (as fastavro wants)."""
+    if isinstance(node, str):
+        return f"{space}.{node}" if f"{space}.{node}" in named else node
+    if isinstance(node, list):
+        return [_qualified(branch, space, named) for branch in node]
+    if isinstance(node, dict):
+        out = dict(node)
+        for key in ("type", "items", "values"):
+            if key in out:
+                out[key] = _qualified(out[key], space, named)
+        if "fields" in out:
+            out["fields"] = [
+                dict(f, type=_qualified(f["type"], space, named)) for f in out["fields"]
+            ]
+        if out.get("type") == "record":
+            out.setdefault("namespace", space)
+        return out
+    return node
+
+
+@cache
+def _nested_schema(kind: str, name: str) -> Any:
+    """The parsed Avro type of a list/record field, to validate posted values against."""
+    import fastavro
+
+    from storeml.schemas.codec import _strip_logical_types
+
+    raw = _strip_logical_types(get_codec(KIND_SCHEMAS[kind]).schema)
+    named: dict[str, Any] = {}
+    fastavro.parse_schema(raw, named_schemas=named)
+    node = next(f["type"] for f in raw["fields"] if f["name"] == name)
+    return fastavro.parse_schema(
+        _qualified(node, raw.get("namespace", ""), named), named_schemas=dict(named)
+    )
+
+
+def _posted(ftype: FieldType, value: Any, kind: str = "customer") -> Any:
     name = ftype.name
     if value is None:
         if not ftype.nullable:
@@ -168,6 +232,9 @@ def _posted(ftype: FieldType, value: Any) -> Any:
     if ftype.base in ("int", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise CodecError(f"field {name!r}: expected an integer, got {value!r}")
+        low, high = _INT_RANGE.get(ftype.base, _INT_RANGE["long"])
+        if not low <= value <= high:
+            raise CodecError(f"field {name!r}: {str(value)[:40]} is outside the {ftype.base} range")
         return value
     if ftype.base in ("double", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -177,8 +244,16 @@ def _posted(ftype: FieldType, value: Any) -> Any:
         return float(value)
     if ftype.base == "string" and not isinstance(value, str):
         raise CodecError(f"field {name!r}: expected a string, got {value!r}")
-    if ftype.base == "json" and not isinstance(value, list | dict):
-        raise CodecError(f"field {name!r}: expected a list or object, got {value!r}")
+    if ftype.base == "json":
+        from fastavro.validation import validate
+
+        if not isinstance(value, list | dict) or not validate(
+            value, _nested_schema(kind, name), raise_errors=False
+        ):
+            raise CodecError(
+                f"field {name!r}: {str(value)[:200]} does not match its Avro type"
+                f" (see schemas/avro/{KIND_SCHEMAS[kind]}/)"
+            )
     return value
 
 
@@ -195,6 +270,6 @@ def from_json(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
             f"unknown {kind} field(s) {', '.join(map(repr, unknown))}; known: {', '.join(types)}"
         )
     return {
-        name: _posted(ftype, fields[name]) if name in fields else None
+        name: _posted(ftype, fields[name], kind) if name in fields else None
         for name, ftype in types.items()
     }

@@ -106,13 +106,14 @@ def error_response(
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
-        out.append(
-            {
-                "loc": [str(part) for part in err.get("loc", ())],
-                "msg": str(err.get("msg", "")),
-                "type": str(err.get("type", "")),
-            }
-        )
+        item = {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        if isinstance(err.get("input"), str | int | float):
+            item["input"] = str(err["input"])[:100]  # what was wrong, cut (ids may be long)
+        out.append(item)
     return out
 
 
@@ -128,7 +129,9 @@ def install_handlers(app: FastAPI) -> None:
         details = _validation_details(exc)
         where = ".".join(details[0]["loc"]) if details else "request"
         first = details[0]["msg"] if details else "invalid request"
-        return error_response(422, f"{where}: {first}", details)
+        if details and "input" in details[0]:
+            first = f"{details[0]['input']!r}: {first}"
+        return error_response(422, f"{where}: {first}"[:600], details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

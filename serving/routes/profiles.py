@@ -118,14 +118,20 @@ _ProductFields = _fields_param("product")
     "/customers/{entity_id}", response_model=CustomerProfile, summary="A customer's profile"
 )
 async def get_customer(
-    store: StoreId, entity_id: EntityId, state: State, fields: _CustomerFields = None
+    store: StoreId,
+    entity_id: EntityId,
+    state: State,
+    fields: _CustomerFields = None,  # type: ignore[valid-type]
 ) -> Response:
     return await _one(state, "customer", store, entity_id, fields)
 
 
 @router.get("/products/{entity_id}", response_model=ProductProfile, summary="A product's profile")
 async def get_product(
-    store: StoreId, entity_id: EntityId, state: State, fields: _ProductFields = None
+    store: StoreId,
+    entity_id: EntityId,
+    state: State,
+    fields: _ProductFields = None,  # type: ignore[valid-type]
 ) -> Response:
     return await _one(state, "product", store, entity_id, fields)
 
