@@ -41,6 +41,7 @@ __all__ = [
     "Feature",
     "FEATURES",
     "customer_features",
+    "customer_feature_matrix",
     "product_text",
     "base_columns",
     "base_frame",
@@ -80,6 +81,83 @@ def _numeric(profiles: pd.DataFrame, column: str) -> pd.Series:
     if column not in profiles:
         return pd.Series(np.nan, index=profiles.index, dtype="float64")
     return pd.to_numeric(profiles[column], errors="coerce").astype("float64")
+
+
+#: Frames up to this many rows take :func:`_small_customer_features` (online predict): the
+#: same arithmetic on numpy arrays, without pandas' cost per operation (~1.8 ms for one row).
+SMALL_FRAME_ROWS = 64
+
+
+def _small_number(value: Any) -> float:
+    """``pd.to_numeric(errors="coerce")`` of one value, as a float."""
+    if value is None or value is pd.NA or isinstance(value, bool | np.bool_):
+        return float(value) if isinstance(value, bool | np.bool_) else np.nan
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value)
+    try:
+        return float(pd.to_numeric(value, errors="coerce"))
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _small_column(profiles: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in profiles:
+        return np.full(len(profiles), np.nan)
+    values = profiles[column].to_numpy()
+    if values.dtype.kind in "iuf":
+        return values.astype("float64")
+    return np.array([_small_number(v) for v in values], dtype="float64")
+
+
+def _floor0(values: np.ndarray) -> np.ndarray:
+    return np.where(values < 0, 0.0, values)  # as Series.clip(lower=0): -0.0 and NaN stay
+
+
+def _small_customer_features(profiles: pd.DataFrame) -> np.ndarray:
+    """:func:`customer_features` as a float matrix, computed on numpy arrays (small frames)."""
+
+    def filled(column: str, value: float) -> np.ndarray:
+        values = _small_column(profiles, column)
+        return np.where(np.isnan(values), value, values)
+
+    orders = filled("order_count", 0.0)
+    spend = _floor0(filled("total_spend_minor", 0.0))
+    avg = _floor0(filled("avg_order_value_minor", 0.0))
+    since = filled("days_since_last_order", NO_ORDER_DAYS)
+    active = (
+        _small_column(profiles, "last_event_time") - _small_column(profiles, "first_order_time")
+    ) / 86_400_000.0
+    active = _floor0(np.where(np.isnan(active), 0.0, active))
+    views = _floor0(filled("product_views", 0.0))
+    tops = (
+        profiles["top_categories"].tolist()
+        if "top_categories" in profiles
+        else [None] * len(profiles)
+    )
+    count = np.array([len(t) if t is not None else 0 for t in tops], dtype="float64")
+    share = np.array(
+        [float(t[0]["share"]) if t is not None and len(t) else 0.0 for t in tops],
+        dtype="float64",
+    )
+    columns = {
+        "order_count": orders,
+        "log_total_spend": np.log1p(spend),
+        "log_avg_order_value": np.log1p(avg),
+        "days_since_last_order": since,
+        "days_active": active,
+        "has_ordered": (orders > 0).astype("float64"),
+        "log_product_views": np.log1p(views),
+        "top_category_count": count,
+        "top_category_share": share,
+    }
+    return np.column_stack([columns[name] for name in CUSTOMER_FEATURES])
+
+
+def customer_feature_matrix(profiles: pd.DataFrame) -> np.ndarray:
+    """:func:`customer_features` as a float64 matrix (what a model is given)."""
+    if len(profiles) <= SMALL_FRAME_ROWS:
+        return _small_customer_features(profiles).reshape(len(profiles), len(CUSTOMER_FEATURES))
+    return customer_features(profiles).to_numpy(dtype="float64")
 
 
 def customer_features(profiles: pd.DataFrame) -> pd.DataFrame:

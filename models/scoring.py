@@ -41,6 +41,7 @@ from storeml.errors import ModelError
 from storeml.models.features import (
     CUSTOMER_FEATURES,
     NO_ORDER_DAYS,
+    customer_feature_matrix,
     customer_features,
     product_text,
 )
@@ -249,7 +250,7 @@ def score_customers(
     if bundle is not None and n:
         scopes[:] = "none"
         sink = _Faults(faults, _model_name(bundle, handle, model_name), _version(handle))
-        features = customer_features(out).to_numpy(dtype="float64")
+        features = customer_feature_matrix(out)
 
         def predict(estimator: Any, rows: np.ndarray, label: str) -> None:
             proba = _predict(estimator, features[rows], label)
