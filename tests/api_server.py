@@ -100,7 +100,15 @@ class ApiServer:
                 self.process.wait()
 
 
-def start_server(settings: Settings, log: Path, *, admin: bool = True, **extra: Any) -> ApiServer:
+def start_server(
+    settings: Settings,
+    log: Path,
+    *,
+    admin: bool = True,
+    scheme: str = "http",
+    verify: str | bool = True,
+    **extra: Any,
+) -> ApiServer:
     """Start ``storeml serve`` for ``settings`` and wait until it answers /healthz."""
     port = free_port()
     process = subprocess.Popen(
@@ -110,7 +118,7 @@ def start_server(settings: Settings, log: Path, *, admin: bool = True, **extra: 
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     server = ApiServer(
         settings, url, log, process, KeyStore(settings.redis.connect(), settings.redis_prefix)
     )
@@ -119,7 +127,7 @@ def start_server(settings: Settings, log: Path, *, admin: bool = True, **extra: 
         if process.poll() is not None:
             raise AssertionError(f"storeml serve exited {process.returncode}:\n{server.output()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
