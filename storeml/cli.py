@@ -20,6 +20,7 @@ import click
 from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule_group
 from storeml.cli_common import settings_of
 from storeml.cli_models import models
+from storeml.cli_segments import segments
 from storeml.cli_serve import keys_group, serve_cmd
 from storeml.errors import StoremlError
 from storeml.redaction import SecretRedactingFilter
@@ -487,6 +488,7 @@ main.add_command(schedule_group)
 main.add_command(lake)
 main.add_command(serve_cmd)
 main.add_command(keys_group)
+main.add_command(segments)
 
 if __name__ == "__main__":
     main()

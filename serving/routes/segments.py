@@ -1,0 +1,185 @@
+"""Segments: ``GET /v1/stores/{store}/segments/{kind}`` (pages) and ``...:export`` (streamed).
+
+Read from the score index through :mod:`storeml.connectors.segment_reader`: customers by
+``field=propensity``, products by ``field=category&category=<name>`` (the probability of that
+predicted category). ``min``/``max`` are inclusive and optional (an empty value is no bound).
+Pages are ordered by score descending, ties by id descending, and follow ``next_cursor``; an
+export is one atomic snapshot streamed as NDJSON (``{"id", "score"}`` per line) or CSV
+(``id,score``), so it has no duplicate and no gap while the stream writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, BeforeValidator, Field
+
+from storeml.connectors.segment_reader import SegmentReader, export_header, export_lines
+from storeml.serving.bodies import ErrorBody, Kind, StoreId
+from storeml.serving.deps import State, authorized
+from storeml.serving.errors import problem
+
+__all__ = ["router", "SegmentPage", "reader_of"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (401, "No API key, or an unknown or revoked one."),
+        (403, "The key lacks the `segments` scope."),
+        (404, "A store this key may not see."),
+        (422, "Invalid field, bounds, limit, category or cursor."),
+        (429, "The key's rate limit."),
+        (503, "Redis is unavailable."),
+    )
+}
+
+router = APIRouter(
+    prefix="/v1/stores/{store}",
+    tags=["segments"],
+    dependencies=[Depends(authorized("segments"))],
+    responses=_ERRORS,
+)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_DEFAULT_FIELD = {"customer": "propensity", "product": "category"}
+
+
+class SegmentMember(BaseModel):
+    id: str
+    score: float = Field(description="The propensity, or the category's probability.")
+
+
+class SegmentPage(BaseModel):
+    items: list[SegmentMember] = Field(description="Highest score first, ties by id descending.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+_Min = Annotated[
+    float | None,
+    BeforeValidator(_blank_is_none),
+    Query(alias="min", description="Inclusive finite lower score bound; empty or absent: none."),
+]
+_Max = Annotated[
+    float | None,
+    BeforeValidator(_blank_is_none),
+    Query(alias="max", description="Inclusive finite upper score bound; empty or absent: none."),
+]
+_Field = Annotated[
+    str | None,
+    Query(
+        description="Score to segment on: `propensity` (customers, the default) or `category`"
+        " (products, the default; with `category`).",
+        max_length=64,
+    ),
+]
+_Category = Annotated[
+    str | None,
+    Query(description="The predicted category of a product segment.", max_length=1000),
+]
+_Cursor = Annotated[
+    str | None, Query(description="`next_cursor` of the previous page.", max_length=1000)
+]
+
+
+def reader_of(state: Any) -> SegmentReader:
+    """The app's segment reader (made on first use from the app's Redis client if unset)."""
+    if state.segments is None:
+        state.segments = SegmentReader(state.redis, state.settings.redis_prefix)
+    return state.segments  # type: ignore[no-any-return]
+
+
+def _check_bounds(low: float | None, high: float | None) -> None:
+    for name, value in (("min", low), ("max", high)):
+        if value is not None and not math.isfinite(value):
+            raise problem(422, f"{name}: {value} is not a finite number")
+
+
+@router.get(
+    "/segments/{kind}:export",
+    summary="A whole segment, streamed",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": 'NDJSON (`{"id", "score"}` per line) or CSV (`id,score`).',
+            "content": {"application/x-ndjson": {}, "text/csv": {}},
+        }
+    },
+)
+async def export_segment(
+    store: StoreId,
+    kind: Kind,
+    state: State,
+    field: _Field = None,
+    low: _Min = None,
+    high: _Max = None,
+    category: _Category = None,
+    format: Annotated[Literal["ndjson", "csv"], Query(description="Output format.")] = "ndjson",
+) -> StreamingResponse:
+    _check_bounds(low, high)
+    chunks = (
+        reader_of(state)
+        .export(kind, store, field or _DEFAULT_FIELD[kind], low, high, category or None)
+        .__aiter__()
+    )
+    # the snapshot is read now, so a bad request or Redis being down is an error body, not a
+    # response cut after its headers
+    first = await anext(chunks, None)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield export_header(format)
+        if first is not None:
+            yield export_lines(first, format)
+            async for chunk in chunks:
+                yield export_lines(chunk, format)
+
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    name = f"segment-{store}-{kind}.{format}"
+    return StreamingResponse(
+        body(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.get("/segments/{kind}", response_model=SegmentPage, summary="One page of a segment")
+async def segment_page(
+    store: StoreId,
+    kind: Kind,
+    state: State,
+    field: _Field = None,
+    low: _Min = None,
+    high: _Max = None,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, description="Items per page, at most serve_page_limit (default 100, or less)."),
+    ] = None,
+    cursor: _Cursor = None,
+    category: _Category = None,
+) -> Response:
+    _check_bounds(low, high)
+    most = state.settings.serve_page_limit
+    limit = min(100, most) if limit is None else limit
+    if limit > most:
+        raise problem(422, f"limit: {limit} items, at most {most} per page")
+    items, next_cursor = await reader_of(state).page(
+        kind,
+        store,
+        field or _DEFAULT_FIELD[kind],
+        low,
+        high,
+        limit,
+        cursor or None,
+        category or None,
+    )
+    return Response(
+        _dumps({"items": items, "next_cursor": next_cursor}), media_type="application/json"
+    )
