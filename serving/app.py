@@ -58,6 +58,7 @@ class Serving:
 
 def _serving(settings: Settings) -> Serving:
     from storeml.models.store_models import get_model_cache
+    from storeml.serving.predictor import Predictor
 
     redis_client = connect_async(settings.redis)
     cache = get_model_cache(settings.model_cache_size)
@@ -70,12 +71,14 @@ def _serving(settings: Settings) -> Serving:
         metrics=ApiMetrics(cache.stats),
     )
     # --- the resources' services (one line each) ---------------------------------------------
+    state.predictor = Predictor.from_settings(settings, state.profiles)
+    state.startables.append(state.predictor)
     return state
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings`` (Redis, registry, keys, limits: the ``serve_*`` settings)."""
-    from storeml.serving.routes import health, profiles
+    from storeml.serving.routes import health, predict, profiles, segments
 
     state = _serving(settings)
 
@@ -108,6 +111,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(profiles.router)
     # --- more routers (one line each) --------------------------------------------------------
+    app.include_router(predict.router)
+    app.include_router(segments.router)
     app.add_middleware(
         MetricsMiddleware, metrics=state.metrics, access_log=settings.serve_access_log
     )

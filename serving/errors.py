@@ -47,7 +47,7 @@ ERROR_CODES = {
 }
 
 
-def error_responses(scope: str, not_found: str = "No such profile") -> dict[int | str, Any]:
+def error_responses(scope: str, not_found: str | None = None) -> dict[int | str, Any]:
     """The error answers a ``/v1`` route documents (``responses=`` of its router)."""
     from storeml.serving.bodies import ErrorBody
 
@@ -55,7 +55,7 @@ def error_responses(scope: str, not_found: str = "No such profile") -> dict[int 
         400: "The body is not JSON.",
         401: "No API key, or an unknown or revoked one.",
         403: f"The key lacks the `{scope}` scope.",
-        404: f"{not_found} (or a store this key may not see: the same answer).",
+        404: not_found or "No such profile, or a store this key may not see (the same answer).",
         422: "Invalid ids, fields or parameters; the message names them.",
         429: "The key's rate limit; see `Retry-After`.",
         503: "Redis or the model registry is unavailable; retry later.",

@@ -15,9 +15,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storeml.schemas.rules import ID_MAX_LENGTH
-from storeml.serving.bodies import ID_REGEX, ErrorBody, Kind, ModelRef, StoreId
+from storeml.serving.bodies import ID_REGEX, Kind, ModelRef, StoreId
 from storeml.serving.deps import authorized, serving
-from storeml.serving.errors import problem
+from storeml.serving.errors import error_responses, problem
 
 __all__ = ["router", "PredictRequest", "PredictResponse"]
 
@@ -78,27 +78,14 @@ class PredictResponse(BaseModel):
     missing: list[str] = Field(description="Requested ids with no stored profile.")
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (401, "No API key, or an unknown or revoked one."),
-        (403, "The key lacks the `predict` scope."),
-        (404, "A store this key may not see."),
-        (422, "Invalid store, kind, alias, ids or rows."),
-        (429, "The key's rate limit."),
-        (
-            503,
-            "Redis or the registry is unavailable, the alias does not exist, or the model"
-            " version is not opened yet (the message says which).",
-        ),
-    )
-}
-
 router = APIRouter(
     prefix="/v1/stores/{store}",
     tags=["predict"],
     dependencies=[Depends(authorized("predict"))],
-    responses=_ERRORS,
+    responses=error_responses(
+        "predict",
+        not_found="A store this key may not see (ids without a profile are listed in `missing`).",
+    ),
 )
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

@@ -20,29 +20,18 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from storeml.connectors.segment_reader import SegmentReader, export_header, export_lines
-from storeml.serving.bodies import ErrorBody, Kind, StoreId
+from storeml.serving.bodies import Kind, StoreId
 from storeml.serving.deps import State, authorized
-from storeml.serving.errors import problem
+from storeml.serving.errors import error_responses, problem
 
 __all__ = ["router", "SegmentPage", "reader_of"]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (401, "No API key, or an unknown or revoked one."),
-        (403, "The key lacks the `segments` scope."),
-        (404, "A store this key may not see."),
-        (422, "Invalid field, bounds, limit, category or cursor."),
-        (429, "The key's rate limit."),
-        (503, "Redis is unavailable."),
-    )
-}
 
 router = APIRouter(
     prefix="/v1/stores/{store}",
     tags=["segments"],
     dependencies=[Depends(authorized("segments"))],
-    responses=_ERRORS,
+    responses=error_responses("segments", not_found="A store this key may not see."),
 )
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
