@@ -162,6 +162,10 @@ def format_report(results: dict[str, Any]) -> str:
     ]
     for case in dict.fromkeys(r["case"] for r in runs):
         lines += ["", f"== {case}: open loop =="]
+        samples = results.get("samples", {}).get(case, {})
+        sizes = [f"{name} {_f(v['bytes'])} B" for name, v in samples.items() if "bytes" in v]
+        if sizes:
+            lines.append("answer size: " + ", ".join(sizes))
         rows = []
         for run in runs:
             if run["case"] != case or run["rate"] == "saturation":
