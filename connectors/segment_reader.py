@@ -6,18 +6,24 @@ category. This module reads them with one Redis command only, ``ZRANGE ... BYSCO
 (``WITHSCORES``, with ``LIMIT`` for pages), so the API's read-only Redis user needs ``+zrange``
 and nothing else.
 
-**Order.** Score descending, ties by id descending (the order Redis keeps: members of equal score
-sorted by their bytes, read in reverse). ``min`` and ``max`` are inclusive; None is unbounded.
+``min`` and ``max`` are inclusive; None is unbounded.
 
 **Pages** (:meth:`SegmentReader.page`) return ``(items, next_cursor)``; ``next_cursor`` is None
-on the last page. The cursor is an opaque url-safe string holding the last item's ``(score, id)``
-and how many entries of that score came at or before it. The next page starts strictly after
-that ``(score, id)``, whatever moved meanwhile, so an entity whose score does not change between
-the pages is returned exactly once. (An entity whose score changes may be seen twice or not at
-all: it moved.) The count is only a hint for the ``LIMIT`` offset that skips ties of the
-cursor's score: each page checks, inside the one atomic reply, that the skipped part held nothing
-after the cursor, and asks again from offset 0 when it did (ties removed meanwhile). So a page is
-one ``ZRANGE`` of ``limit + 1`` entries, however many entities share a score.
+on the last page. Two orders:
+
+* ``order="id"`` (the default): ids ascending. The cursor is the last id, and the next page holds
+  the segment's ids after it, so **no id is ever returned twice**, and every entity that is in
+  the segment for the whole paging is returned, whatever else moves meanwhile. Each page reads
+  the segment's members once (one ``ZRANGE BYSCORE``, O(segment)), so for segments of hundreds of
+  thousands of members the export is the cheaper way.
+* ``order="score"``: score descending, ties by id descending, for "the top N". The cursor holds
+  the last item's ``(score, id)`` and how many entries of that score came at or before it, and
+  the next page starts strictly after that ``(score, id)``: an entity whose score does not change
+  between the pages is returned exactly once, but one whose score changes may be seen twice or
+  not at all (it moved). The count is only a hint for the ``LIMIT`` offset that skips ties of the
+  cursor's score: each page checks, inside the one atomic reply, that the skipped part held
+  nothing after the cursor, and asks again from offset 0 when it did (ties removed meanwhile).
+  So a page is one ``ZRANGE`` of ``limit + 1`` entries, however many entities share a score.
 
 **Exports** (:meth:`SegmentReader.export`) take one snapshot of the segment, a single ``ZRANGE``
 without ``LIMIT`` (atomic in Redis), and yield it in chunks: no duplicate and no gap, even while
@@ -49,14 +55,19 @@ __all__ = [
     "SegmentReader",
     "SyncSegmentReader",
     "segment_key",
+    "ORDERS",
     "encode_cursor",
     "decode_cursor",
+    "encode_id_cursor",
+    "decode_id_cursor",
     "export_header",
     "export_lines",
 ]
 
 #: The score fields a segment can be taken on, per kind.
 SEGMENT_FIELDS = {"customer": ("propensity",), "product": ("category",)}
+#: Page orders: ids ascending (consistent while the stream writes), or score descending.
+ORDERS = ("id", "score")
 #: Items per chunk an export yields.
 EXPORT_CHUNK = 1_000
 
@@ -116,6 +127,38 @@ def decode_cursor(text: str) -> Cursor:
             "cursor: not a cursor of this API; pass the next_cursor of the previous page"
         ) from exc
     return score, entity, ties
+
+
+def encode_id_cursor(entity: str) -> str:
+    """The cursor of an id-ordered page: the last id, opaque (base64url of JSON)."""
+    text = json.dumps(["id", entity], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+
+
+def decode_id_cursor(text: str) -> str:
+    """Inverse of :func:`encode_id_cursor`; anything else is a CodecError."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        tag, entity = json.loads(raw)
+        if tag != "id" or not isinstance(entity, str):
+            raise ValueError("not an id cursor")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise CodecError(
+            "cursor: not a cursor of this API for order=id; pass the next_cursor of the"
+            " previous page (with the same order)"
+        ) from exc
+    return entity
+
+
+def _id_page(reply: Any, limit: int, cursor: str | None) -> tuple[list[SegmentItem], str | None]:
+    """One id-ordered page from the segment's members (a whole-range ``ZRANGE`` reply)."""
+    if limit < 1:
+        raise CodecError(f"limit: {limit} is not a positive number of items")
+    after = decode_id_cursor(cursor) if cursor is not None else None
+    rows = sorted(row for row in _rows(reply) if after is None or row[0] > after)
+    items = [SegmentItem(id=entity, score=score) for entity, score in rows[:limit]]
+    more = len(rows) > limit
+    return items, encode_id_cursor(items[-1]["id"]) if more else None
 
 
 def export_header(format: str) -> bytes:
@@ -226,10 +269,31 @@ class SegmentReader:
         limit: int,
         cursor: str | None,
         category: str | None = None,
+        order: str = "id",
     ) -> tuple[list[SegmentItem], str | None]:
         """One page of at most ``limit`` items and the cursor of the next (None at the end)."""
         import redis
 
+        if order == "id":
+            if limit < 1:
+                raise CodecError(f"limit: {limit} is not a positive number of items")
+            if cursor is not None:
+                decode_id_cursor(cursor)  # a bad cursor is refused before Redis is asked
+            key = segment_key(self.prefix, kind, store, field, category)
+            try:
+                reply = await self.client.zrange(
+                    key,
+                    _bound(max, "+inf"),
+                    _bound(min, "-inf"),
+                    desc=True,
+                    byscore=True,
+                    withscores=True,
+                )
+            except redis.RedisError as exc:
+                raise _failed(f"{kind} {field} of store {store!r}", exc) from exc
+            return _id_page(reply, limit, cursor)
+        if order != "score":
+            raise CodecError(f"order: {order!r}; expected one of {', '.join(ORDERS)}")
         plan = _plan_page(
             segment_key(self.prefix, kind, store, field, category), min, max, limit, cursor
         )
@@ -303,9 +367,30 @@ class SyncSegmentReader:
         limit: int,
         cursor: str | None,
         category: str | None = None,
+        order: str = "id",
     ) -> tuple[list[SegmentItem], str | None]:
         import redis
 
+        if order == "id":
+            if limit < 1:
+                raise CodecError(f"limit: {limit} is not a positive number of items")
+            if cursor is not None:
+                decode_id_cursor(cursor)  # a bad cursor is refused before Redis is asked
+            key = segment_key(self.prefix, kind, store, field, category)
+            try:
+                reply = self.client.zrange(
+                    key,
+                    _bound(max, "+inf"),
+                    _bound(min, "-inf"),
+                    desc=True,
+                    byscore=True,
+                    withscores=True,
+                )
+            except redis.RedisError as exc:
+                raise _failed(f"{kind} {field} of store {store!r}", exc) from exc
+            return _id_page(reply, limit, cursor)
+        if order != "score":
+            raise CodecError(f"order: {order!r}; expected one of {', '.join(ORDERS)}")
         plan = _plan_page(
             segment_key(self.prefix, kind, store, field, category), min, max, limit, cursor
         )

@@ -233,13 +233,16 @@ class Client(_Base):
         category: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        order: str | None = None,
     ) -> SegmentPage:
-        """One page of the segment ``min <= score <= max`` (bounds inclusive, score descending).
+        """One page of the segment ``min <= score <= max`` (bounds inclusive).
 
         ``field`` is what to segment on: ``propensity`` for customers, ``category`` for products
         (then ``category`` names the predicted category); None is the kind's default.
+        ``order``: "id" (the server's default: ids ascending, consistent while the stream
+        writes) or "score" (highest first).
         """
-        request = segment_request(store, kind, field, min, max, category, limit, cursor)
+        request = segment_request(store, kind, field, min, max, category, limit, cursor, order)
         return parse_segment_page(self._call(request), str(request))
 
     def iter_segment(
@@ -251,11 +254,12 @@ class Client(_Base):
         max: float | None = None,
         category: str | None = None,
         limit: int | None = None,
+        order: str | None = None,
     ) -> Iterator[SegmentItem]:
         """Every member of the segment, following the cursors (``limit`` is the page size)."""
         cursor: str | None = None
         while True:
-            page = self.segment(store, kind, field, min, max, category, limit, cursor)
+            page = self.segment(store, kind, field, min, max, category, limit, cursor, order)
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -396,9 +400,10 @@ class AsyncClient(_Base):
         category: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        order: str | None = None,
     ) -> SegmentPage:
         """See :meth:`Client.segment`."""
-        request = segment_request(store, kind, field, min, max, category, limit, cursor)
+        request = segment_request(store, kind, field, min, max, category, limit, cursor, order)
         return parse_segment_page(await self._call(request), str(request))
 
     async def iter_segment(
@@ -410,11 +415,12 @@ class AsyncClient(_Base):
         max: float | None = None,
         category: str | None = None,
         limit: int | None = None,
+        order: str | None = None,
     ) -> AsyncIterator[SegmentItem]:
         """See :meth:`Client.iter_segment`."""
         cursor: str | None = None
         while True:
-            page = await self.segment(store, kind, field, min, max, category, limit, cursor)
+            page = await self.segment(store, kind, field, min, max, category, limit, cursor, order)
             for item in page.items:
                 yield item
             if page.next_cursor is None:

@@ -129,10 +129,11 @@ def segment_request(
     category: str | None = None,
     limit: int | None = None,
     cursor: str | None = None,
+    order: str | None = None,
 ) -> ApiRequest:
     """``GET /v1/stores/{store}/segments/{kind}``: one page."""
     params = _segment_params(
-        field=field, min=min, max=max, category=category, limit=limit, cursor=cursor
+        field=field, min=min, max=max, category=category, limit=limit, cursor=cursor, order=order
     )
     return ApiRequest("GET", f"{_store_path(store)}/segments/{_kind(kind)}", params)
 

@@ -375,9 +375,12 @@ def _expected_segment(live: Live, low: float) -> list[SegmentItem]:
 def test_segment_pages_iteration_and_export(live: Live) -> None:
     want = _expected_segment(live, 0.5)
     with live.client("s1") as client:
-        first = client.segment("s1", "customer", min=0.5, limit=10)
-        second = client.segment("s1", "customer", min=0.5, limit=10, cursor=first.next_cursor)
-        walked = list(client.iter_segment("s1", "customer", min=0.5, limit=7))
+        first = client.segment("s1", "customer", min=0.5, limit=10, order="score")
+        second = client.segment(
+            "s1", "customer", min=0.5, limit=10, cursor=first.next_cursor, order="score"
+        )
+        walked = list(client.iter_segment("s1", "customer", min=0.5, limit=7, order="score"))
+        by_id = list(client.iter_segment("s1", "customer", min=0.5, limit=7))  # the default
         ndjson = list(client.export_segment("s1", "customer", min=0.5))
         as_csv = list(client.export_segment("s1", "customer", min=0.5, format="csv"))
         band = list(client.iter_segment("s1", "customer", min=0.3, max=0.4))
@@ -386,6 +389,7 @@ def test_segment_pages_iteration_and_export(live: Live) -> None:
     assert list(first.items) == want[:10] and list(second.items) == want[10:20]
     assert first.next_cursor is not None
     assert walked == want and len({item.id for item in walked}) == len(want)
+    assert by_id == sorted(want, key=lambda item: item.id)
     assert ndjson == want
     assert [i.id for i in as_csv] == [i.id for i in want]
     assert [i.score for i in as_csv] == pytest.approx([i.score for i in want])
@@ -517,7 +521,7 @@ def test_async_client_does_what_the_sync_one_does(live: Live) -> None:
                 "customers": await client.customers("s1", [f"c{i}" for i in range(230)]),
                 "products": await client.products("s1", ["p1", "x"]),
                 "predict": await client.predict("s1", "customer", ids=["c1"]),
-                "page": await client.segment("s1", "customer", min=0.5, limit=5),
+                "page": await client.segment("s1", "customer", min=0.5, limit=5, order="score"),
                 "walk": [i async for i in client.iter_segment("s1", "customer", min=0.5, limit=9)],
                 "export": [i async for i in client.export_segment("s1", "customer", min=0.5)],
                 "health": await client.health(),
@@ -543,7 +547,8 @@ def test_async_client_does_what_the_sync_one_does(live: Live) -> None:
     assert len(out["customers"].profiles) == N_CUSTOMERS and len(out["customers"].missing) == 10
     assert out["products"].missing == ("x",)
     assert list(out["page"].items) == want[:5]
-    assert out["walk"] == want and out["export"] == want
+    assert out["walk"] == sorted(want, key=lambda item: item.id)  # order=id, the default
+    assert out["export"] == want
     assert out["health"].ok and out["ready"].ok
     assert out["not_found"].status == 404 and out["unauthorized"].status == 401
 

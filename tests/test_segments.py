@@ -126,10 +126,12 @@ def written(settings: Settings) -> Iterator[tuple[list[dict[str, Any]], list[dic
     yield customers, products
 
 
-def all_pages(reader: SyncSegmentReader, limit: int, **query: Any) -> list[list[tuple[str, float]]]:
+def all_pages(
+    reader: SyncSegmentReader, limit: int, order: str = "score", **query: Any
+) -> list[list[tuple[str, float]]]:
     pages, cursor = [], None
     while True:
-        items, cursor = reader.page(limit=limit, cursor=cursor, **query)
+        items, cursor = reader.page(limit=limit, cursor=cursor, order=order, **query)
         pages.append([(i["id"], i["score"]) for i in items])
         if cursor is None:
             return pages
@@ -142,11 +144,13 @@ def test_pages_and_exports_equal_a_pandas_filter(settings: Settings, written: An
     for store, low, high in [("s0", 0.8, None), ("s1", None, 0.85), ("s2", 0.8, 0.8), ("s1", 2, 3)]:
         want = want_customers(customers, store, low, high)
         query = {"kind": "customer", "store": store, "field": "propensity", "min": low, "max": high}
-        for limit in (1, 3, 7, 1000):
-            pages = all_pages(reader, limit, **query)
-            assert [row for page in pages for row in page] == want, (store, low, high, limit)
-            assert all(len(page) == limit for page in pages[:-1])
-            assert len(pages) == max(1, -(-len(want) // limit))  # no empty last page
+        for order, expected in (("score", want), ("id", sorted(want))):
+            for limit in (1, 3, 7, 1000):
+                pages = all_pages(reader, limit, order, **query)
+                got = [row for page in pages for row in page]
+                assert got == expected, (store, low, high, limit, order)
+                assert all(len(page) == limit for page in pages[:-1])
+                assert len(pages) == max(1, -(-len(want) // limit))  # no empty last page
         exported = [(i["id"], i["score"]) for chunk in reader.export(**query) for i in chunk]
         assert exported == want
     assert want_customers(customers, "s0", 0.8, None), "the data should give a segment"
@@ -156,6 +160,8 @@ def test_pages_and_exports_equal_a_pandas_filter(settings: Settings, written: An
         query = {"kind": "product", "store": "s1", "field": "category", "category": category}
         pages = all_pages(reader, 4, min=0.5, max=None, **query)
         assert [row for page in pages for row in page] == want
+        by_id = all_pages(reader, 4, "id", min=0.5, max=None, **query)
+        assert [row for page in by_id for row in page] == sorted(want)
         exported = reader.export(min=0.5, max=None, **query)
         assert [(i["id"], i["score"]) for chunk in exported for i in chunk] == want
     client.close()
@@ -165,7 +171,9 @@ def test_pages_and_exports_equal_a_pandas_filter(settings: Settings, written: An
         areader = SegmentReader(aclient, settings.redis_prefix)
         got, cursor = [], None
         while True:
-            items, cursor = await areader.page("customer", "s0", "propensity", 0.8, None, 5, cursor)
+            items, cursor = await areader.page(
+                "customer", "s0", "propensity", 0.8, None, 5, cursor, order="score"
+            )
             got += [(i["id"], i["score"]) for i in items]
             if cursor is None:
                 break
@@ -191,6 +199,11 @@ def test_bad_queries_and_cursors_are_refused(settings: Settings) -> None:
         reader.page("customer", "s0", "propensity", None, None, 10, "not-a-cursor")
     with pytest.raises(CodecError, match="limit"):
         reader.page("customer", "s0", "propensity", None, None, 0, None)
+    score_cursor = encode_cursor((0.8, "c0007", 3))
+    with pytest.raises(CodecError, match="order=id"):  # a cursor of the other order
+        reader.page("customer", "s0", "propensity", None, None, 10, score_cursor, order="id")
+    with pytest.raises(CodecError, match="order"):
+        reader.page("customer", "s0", "propensity", None, None, 10, None, order="random")
     text = encode_cursor((0.8, "c0007", 3))
     assert decode_cursor(text) == (0.8, "c0007", 3)
     assert all(ch.isalnum() or ch in "-_" for ch in text)  # url-safe as it is
@@ -237,13 +250,28 @@ def test_pages_and_exports_miss_nothing_and_repeat_nothing_while_the_sink_writes
     try:
         while rounds[0] < 3:  # the writer is under way before the first page
             stop.wait(0.01)
+        before = rounds[0]
         for limit in (3, 10, 25):
-            before = rounds[0]
             pages = all_pages(
                 reader, limit, kind="customer", store=store, field="propensity", min=low, max=None
             )
             seen = [row for page in pages for row in page if row[0] in tracked_ids]
             assert seen == want, limit  # every unchanged profile once, in order
+            by_id = all_pages(
+                reader,
+                limit,
+                "id",
+                kind="customer",
+                store=store,
+                field="propensity",
+                min=low,
+                max=None,
+            )
+            rows = [row for page in by_id for row in page]
+            ids_seen = [entity for entity, _ in rows]
+            assert len(ids_seen) == len(set(ids_seen)), limit  # not even a churned id twice
+            assert ids_seen == sorted(ids_seen)
+            assert [row for row in rows if row[0] in tracked_ids] == sorted(want), limit
             exported = [
                 (i["id"], i["score"])
                 for chunk in reader.export("customer", store, "propensity", low, None)
@@ -253,7 +281,7 @@ def test_pages_and_exports_miss_nothing_and_repeat_nothing_while_the_sink_writes
             assert len(ids) == len(set(ids))  # a snapshot: nobody twice
             assert [row for row in exported if row[0] in tracked_ids] == want
             assert exported == sorted(exported, key=lambda r: (r[1], r[0]), reverse=True)
-            assert rounds[0] > before, "the writer should have written during the read"
+        assert rounds[0] > before, "the writer should have written during the reads"
     finally:
         stop.set()
         thread.join(30)
@@ -322,7 +350,7 @@ def test_the_api_serves_pages_and_exports(
             cursor, pages = body["next_cursor"], pages + 1
             if cursor is None:
                 break
-        assert got == want and pages == -(-len(want) // 7)
+        assert got == sorted(want) and pages == -(-len(want) // 7)  # order=id, the default
 
         ndjson = api.get("/v1/stores/s0/segments/customer:export", params={"min": 0.8})
         assert ndjson.status_code == 200, ndjson.text
@@ -337,7 +365,7 @@ def test_the_api_serves_pages_and_exports(
         assert list(zip(frame["id"], frame["score"], strict=True)) == want
         bags = api.get(
             "/v1/stores/s0/segments/product",
-            params={"field": "category", "category": "bags", "limit": 50},
+            params={"field": "category", "category": "bags", "limit": 50, "order": "score"},
         ).json()
         assert [(i["id"], i["score"]) for i in bags["items"]] == want_products(
             products, "s0", "bags", None

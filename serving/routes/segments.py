@@ -3,7 +3,8 @@
 Read from the score index through :mod:`storeml.connectors.segment_reader`: customers by
 ``field=propensity``, products by ``field=category&category=<name>`` (the probability of that
 predicted category). ``min``/``max`` are inclusive and optional (an empty value is no bound).
-Pages are ordered by score descending, ties by id descending, and follow ``next_cursor``; an
+Pages follow ``next_cursor``, ids ascending by default (``order=id``: no id twice, none missed
+while the stream writes) or highest score first (``order=score``); an
 export is one atomic snapshot streamed as NDJSON (``{"id", "score"}`` per line) or CSV
 (``id,score``), so it has no duplicate and no gap while the stream writes.
 """
@@ -44,7 +45,10 @@ class SegmentMember(BaseModel):
 
 
 class SegmentPage(BaseModel):
-    items: list[SegmentMember] = Field(description="Highest score first, ties by id descending.")
+    items: list[SegmentMember] = Field(
+        description="In the requested order: ids ascending, or highest score first (ties by id"
+        " descending)."
+    )
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
@@ -153,6 +157,14 @@ async def segment_page(
     ] = None,
     cursor: _Cursor = None,
     category: _Category = None,
+    order: Annotated[
+        Literal["id", "score"],
+        Query(
+            description="`id` (ids ascending; no id twice and none missed while the stream"
+            " writes) or `score` (highest first, for a top N; an entity whose score changes"
+            " between pages may be seen twice or not at all)."
+        ),
+    ] = "id",
 ) -> Response:
     _check_bounds(low, high)
     most = state.settings.serve_page_limit
@@ -168,6 +180,7 @@ async def segment_page(
         limit,
         cursor or None,
         category or None,
+        order,
     )
     return Response(
         _dumps({"items": items, "next_cursor": next_cursor}), media_type="application/json"
