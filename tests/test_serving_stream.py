@@ -1,13 +1,16 @@
 """The API over what a real Spark stream published: every profile the enriched topics hold is what
-the API returns, predict by id scores as the stream did, and segments equal a filter of all profiles.
+the API returns, predict by id (every profile) and by posted row (a sample) score exactly as the
+stream did, and segments equal a filter of all profiles, also while the stream rewrites them.
 
 One stream run (broker, Spark, Redis, MLflow, all real) feeds every assertion here.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from storeml.connectors.synthetic import GeneratorConfig
@@ -16,6 +19,24 @@ from storeml.settings import Settings
 from tests.test_stream_e2e import latest_from_topic, produce
 
 pytestmark = pytest.mark.slow
+
+SCORED = {"customer": "propensity", "product": "predicted_categories"}
+
+
+def _wait_for_models(api: httpx.Client, store: str, timeout: float = 120.0) -> None:
+    """Until the server has opened both champions (503 until its first resolution pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = [
+            api.post(f"/v1/stores/{store}/models/{kind}:predict", json={"ids": ["nobody"]})
+            for kind in SCORED
+        ]
+        if all(a.status_code == 200 for a in answers):
+            return
+        assert {a.status_code for a in answers} <= {200, 503}, [a.text for a in answers]
+        assert time.monotonic() < deadline, f"models not served: {[a.text for a in answers]}"
+        time.sleep(0.2)
+
 
 HIDDEN = {"store_id", "customer_id", "product_id", "profile_version", "model", "source"}
 
@@ -55,7 +76,8 @@ def test_the_api_serves_what_the_stream_published(
         ),
     }
     assert published["customer"] and published["product"]
-    server = api_server()
+    assert any(r["predicted_categories"] for r in published["product"].values())
+    server = api_server(serve_rate_limit=0)
     server.wait_ready()
     stores = sorted({store for store, _ in published["customer"]})
 
@@ -79,21 +101,49 @@ def test_the_api_serves_what_the_stream_published(
                 single = api.get(f"/v1/stores/{store}/{plural}/{ids[0]}").json()
                 assert single == body["profiles"][0] if len(ids) <= 100 else single["id"] == ids[0]
 
-        # --- predict by id scores the stored profile as the stream did -------------------------
-        version = handles["customer"].version
-        for store in stores:
-            ids = sorted(e for s, e in published["customer"] if s == store)[:50]
-            answer = api.post(f"/v1/stores/{store}/models/customer:predict", json={"ids": ids})
-            assert answer.status_code == 200, answer.text
-            body = answer.json()
-            assert body["model"]["version"] == version and body["missing"] == []
-            for prediction in body["predictions"]:
-                record = published["customer"][(store, prediction["id"])]
-                assert prediction["model"] == record["model"]
-                if record["propensity"] is None:
-                    assert prediction["propensity"] is None
-                else:
-                    assert prediction["propensity"] == pytest.approx(record["propensity"], abs=1e-9)
+        # --- predict by id scores the stored profile exactly as the stream did -----------------
+        _wait_for_models(api, stores[0])
+        limit = settings.serve_batch_limit
+        compared = {"customer": 0, "product": 0}
+        for kind, records in published.items():
+            by_store: dict[str, list[str]] = {}
+            for store, entity in sorted(records):
+                by_store.setdefault(store, []).append(entity)
+            for store, entities in by_store.items():
+                for start in range(0, len(entities), limit):
+                    ids = entities[start : start + limit]
+                    answer = api.post(
+                        f"/v1/stores/{store}/models/{kind}:predict", json={"ids": ids}
+                    )
+                    assert answer.status_code == 200, answer.text
+                    body = answer.json()
+                    assert body["model"] == {
+                        "name": handles[kind].name,
+                        "version": handles[kind].version,
+                        "alias": "champion",
+                    }
+                    assert body["missing"] == []
+                    want = [
+                        {
+                            "id": entity,
+                            SCORED[kind]: records[(store, entity)][SCORED[kind]],
+                            "model": records[(store, entity)]["model"],
+                        }
+                        for entity in ids
+                    ]
+                    assert body["predictions"] == want
+                    compared[kind] += len(ids)
+                # a what-if row with the stored profile's fields scores the same
+                entity = entities[0]
+                profile = api.get(f"/v1/stores/{store}/{kind}s/{entity}").json()
+                row = {"id": entity, **profile["fields"]}
+                again = api.post(f"/v1/stores/{store}/models/{kind}:predict", json={"rows": [row]})
+                assert again.status_code == 200, again.text
+                assert (
+                    again.json()["predictions"][0][SCORED[kind]]
+                    == (records[(store, entity)][SCORED[kind]])
+                )
+    assert compared == {kind: len(records) for kind, records in published.items()}
 
 
 def _pages(api: Any, store: str, minimum: float, limit: int) -> list[str]:
