@@ -150,6 +150,26 @@ def decode_id_cursor(text: str) -> str:
     return entity
 
 
+def _id_query(
+    prefix: str,
+    kind: str,
+    store: str,
+    field: str,
+    category: str | None,
+    low: float | None,
+    high: float | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[str, str, str]:
+    """The ``ZRANGE`` (key, top, bottom) of an id-ordered page; bad input is refused first."""
+    if limit < 1:
+        raise CodecError(f"limit: {limit} is not a positive number of items")
+    if cursor is not None:
+        decode_id_cursor(cursor)
+    key = segment_key(prefix, kind, store, field, category)
+    return key, _bound(high, "+inf"), _bound(low, "-inf")
+
+
 def _id_page(reply: Any, limit: int, cursor: str | None) -> tuple[list[SegmentItem], str | None]:
     """One id-ordered page from the segment's members (a whole-range ``ZRANGE`` reply)."""
     if limit < 1:
@@ -275,19 +295,12 @@ class SegmentReader:
         import redis
 
         if order == "id":
-            if limit < 1:
-                raise CodecError(f"limit: {limit} is not a positive number of items")
-            if cursor is not None:
-                decode_id_cursor(cursor)  # a bad cursor is refused before Redis is asked
-            key = segment_key(self.prefix, kind, store, field, category)
+            key, top, bottom = _id_query(
+                self.prefix, kind, store, field, category, min, max, limit, cursor
+            )
             try:
                 reply = await self.client.zrange(
-                    key,
-                    _bound(max, "+inf"),
-                    _bound(min, "-inf"),
-                    desc=True,
-                    byscore=True,
-                    withscores=True,
+                    key, top, bottom, desc=True, byscore=True, withscores=True
                 )
             except redis.RedisError as exc:
                 raise _failed(f"{kind} {field} of store {store!r}", exc) from exc
@@ -372,19 +385,12 @@ class SyncSegmentReader:
         import redis
 
         if order == "id":
-            if limit < 1:
-                raise CodecError(f"limit: {limit} is not a positive number of items")
-            if cursor is not None:
-                decode_id_cursor(cursor)  # a bad cursor is refused before Redis is asked
-            key = segment_key(self.prefix, kind, store, field, category)
+            key, top, bottom = _id_query(
+                self.prefix, kind, store, field, category, min, max, limit, cursor
+            )
             try:
                 reply = self.client.zrange(
-                    key,
-                    _bound(max, "+inf"),
-                    _bound(min, "-inf"),
-                    desc=True,
-                    byscore=True,
-                    withscores=True,
+                    key, top, bottom, desc=True, byscore=True, withscores=True
                 )
             except redis.RedisError as exc:
                 raise _failed(f"{kind} {field} of store {store!r}", exc) from exc
