@@ -112,7 +112,13 @@ def redis_requests(keys: list[list[tuple[str, str]]]) -> list[list[str]]:
 
 # --- the servers ---------------------------------------------------------------------------------
 def start_storeml(
-    workdir: Path, redis_url: str, tracking: str, artifacts: str, port: int, command: str
+    workdir: Path,
+    redis_url: str,
+    tracking: str,
+    artifacts: str,
+    port: int,
+    command: str,
+    extra_env: Sequence[str] = (),
 ) -> HttpServer:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOREML_")}
     env.update(
@@ -127,6 +133,11 @@ def start_storeml(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    for item in extra_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("STOREML_"):
+            raise SystemExit(f"--storeml-env {item!r}: expected STOREML_NAME=value")
+        env[name] = value
     server = HttpServer(
         "storeml serve",
         shlex.split(command.format(python=sys.executable, port=port)),
@@ -389,7 +400,9 @@ def start_systems(
         key, record = KeyStore(client, PREFIX).create(ADMIN, list(SCOPES), label="serve bench")
         client.close()
         port = free_port()
-        server = start_storeml(workdir, redis.url, tracking, artifacts, port, args.storeml_command)
+        server = start_storeml(
+            workdir, redis.url, tracking, artifacts, port, args.storeml_command, args.storeml_env
+        )
         servers.append(server)
         headers = {"Authorization": f"Bearer {key}"}
         results["storeml"] = {"key_id": record.key_id}
@@ -441,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--storeml-command",
         default="{python} -m storeml.cli serve --port {port}",
         help="how storeml's server is started ({python}, {port} filled in), to try variants",
+    )
+    parser.add_argument(
+        "--storeml-env",
+        action="append",
+        default=[],
+        metavar="STOREML_NAME=VALUE",
+        help="an extra setting for storeml's server (repeatable), to try variants",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(

@@ -359,7 +359,7 @@ class Runner:
                 self._closed_next(conn)
             await asyncio.sleep(max(0.0, self.stop_at - time.monotonic()))
         drain_until = time.monotonic() + self.drain
-        while self.in_flight and time.monotonic() < drain_until:
+        while (self.in_flight or self.queue) and time.monotonic() < drain_until:
             await asyncio.sleep(0.005)
         self.closing = True
         cpu = _cpu() - cpu0
