@@ -25,7 +25,8 @@ One run, one private ``redis-server`` on a free port, one set of profiles:
 Cases: ``single`` (``GET /v1/stores/{s}/customers/{id}``; Feast: one entity), ``batch50``
 (``POST .../customers:batchGet`` with 50 ids of one store; Feast: the same 50 entities; Redis: a
 pipeline) and ``predict`` (``POST .../models/customer:predict`` with one id; storeml only).
-Each runs open-loop at every ``--rates`` rate (``bench/serve_load.py``: intended start times
+Each runs open-loop at every ``--rates`` rate (``--case-rates`` for one case's own;
+``bench/serve_load.py``: intended start times
 fixed in advance, latency from the intended start) and closed-loop with
 ``--saturation-connections`` connections for the saturation throughput.
 
@@ -246,12 +247,21 @@ def settle(server: HttpServer, idle: float = 0.05, timeout: float = 20.0) -> flo
     return time.perf_counter() - started
 
 
+def _rates(text: str) -> list[float]:
+    return [float(r) for r in text.split(",") if r.strip()]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from storeml.stack import RedisServer
 
     cases = [c for c in args.cases.split(",") if c]
     systems = [s for s in args.systems.split(",") if s]
-    rates = [float(r) for r in args.rates.split(",") if r]
+    rates = {case: _rates(args.rates) for case in cases}
+    for item in args.case_rates:
+        case, sep, values = item.partition("=")
+        if not sep or case not in CASES:
+            raise SystemExit(f"--case-rates {item!r}: expected CASE=R1,R2 with CASE in {CASES}")
+        rates[case] = _rates(values)
     bad = sorted(set(cases) - set(CASES)) + sorted(set(systems) - set(SYSTEMS))
     if bad:
         raise SystemExit(f"unknown case or system: {', '.join(bad)}")
@@ -284,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results.setdefault("samples", {}).setdefault(case, {})[name] = sample
                 if sample.get("status") != 200:
                     results["notes"].append(f"{case}/{name}: first request answered {sample}")
-            for rate in rates:
+            for rate in rates[case]:
                 for name, target, reqs, server in plans:
                     _say(f"{case:8} {name:8} open loop {rate:,.0f}/s for {args.duration:g}s")
                     result = measure(
@@ -421,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rates", default="500,1000,2000", help="open-loop rates, requests/s")
+    parser.add_argument(
+        "--case-rates",
+        action="append",
+        default=[],
+        metavar="CASE=R1,R2",
+        help="other open-loop rates for one case (repeatable), e.g. batch50=100,200,500",
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
