@@ -44,111 +44,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import resource
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from bench.serve_http import Deadline, HttpConn, HttpTarget
+
 __all__ = ["run_spec", "summarize", "main"]
-
-_CLOCK_MONOTONIC = 1
-_TFD_NONBLOCK = 0o4000
-_TFD_CLOEXEC = 0o2000000
-_TFD_TIMER_ABSTIME = 1
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-
-class Deadline:
-    """A one-shot absolute deadline on CLOCK_MONOTONIC (``time.monotonic``) as a file descriptor."""
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "timerfd_create failed")
-
-    def arm(self, at: float) -> None:
-        at = max(at, 1e-6)  # zero would disarm
-        sec = int(at)
-        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, int((at - sec) * 1e9)))
-        if self._libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None):
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
-
-    def consume(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.fd, 8)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# --- HTTP/1.1 keep-alive connections -----------------------------------------------------------
-
-
-class _HttpConn(asyncio.Protocol):
-    """One keep-alive connection, one request at a time (no pipelining)."""
-
-    def __init__(self, on_done: Callable[[_HttpConn, int, str | None], None]) -> None:
-        import httptools
-
-        self.on_done = on_done
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.busy = False
-        self.slot = -1
-        self.alive = True
-
-    # asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        import httptools
-
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._finish(0, f"parse:{type(exc).__name__}")
-            self.alive = False
-            if self.transport is not None:
-                self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.alive = False
-        if self.busy:
-            self._finish(0, "connection_lost")
-
-    # httptools callbacks
-    def on_message_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if not self.parser.should_keep_alive():
-            self.alive = False
-        self._finish(status, None)
-
-    def send(self, slot: int, data: bytes) -> None:
-        assert self.transport is not None
-        self.busy = True
-        self.slot = slot
-        self.transport.write(data)
-
-    def _finish(self, status: int, error: str | None) -> None:
-        if self.busy:
-            self.busy = False
-            self.on_done(self, status, error)
 
 
 class _Recorder:
@@ -169,24 +77,6 @@ class _Recorder:
             self.errors[error] = self.errors.get(error, 0) + 1
 
 
-class _HttpTarget:
-    def __init__(self, target: dict[str, Any], requests: Sequence[dict[str, Any]]) -> None:
-        self.host = str(target["host"])
-        self.port = int(target["port"])
-        head = "".join(f"{k}: {v}\r\n" for k, v in (target.get("headers") or {}).items())
-        self.payloads: list[bytes] = []
-        for r in requests:
-            body = (r.get("body") or "").encode()
-            extra = (
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else ""
-            )
-            self.payloads.append(
-                f"{r['method']} {r['path']} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"{head}{extra}\r\n".encode()
-                + body
-            )
-
-
 class Runner:
     """One run of a spec on the running event loop."""
 
@@ -200,7 +90,7 @@ class Runner:
         self.drain = float(spec.get("drain", 5.0))
         self.kind = spec["target"]["kind"]
         if self.kind == "http":
-            self.http = _HttpTarget(spec["target"], spec["requests"])
+            self.http = HttpTarget(spec["target"], spec["requests"])
             self.count = len(self.http.payloads)
         else:
             self.keys: list[list[str]] = [list(k) for k in spec["requests"]]
@@ -210,7 +100,7 @@ class Runner:
         self.rec = _Recorder(n)
         self.next = 0
         self.queue: deque[int] = deque()
-        self.idle: list[_HttpConn] = []
+        self.idle: list[HttpConn] = []
         self.open_conns = 0
         self.opening = 0
         self.max_in_flight = 0
@@ -224,7 +114,7 @@ class Runner:
         self.opening += 1
         try:
             _, conn = await self.loop.create_connection(
-                lambda: _HttpConn(self._http_done), self.http.host, self.http.port
+                lambda: HttpConn(self._http_done), self.http.host, self.http.port
             )
         except OSError as exc:
             self.opening -= 1
@@ -244,7 +134,7 @@ class Runner:
         self.rec.sent[slot] = time.monotonic()
         self.rec.finish(slot, 0, error)
 
-    def _release(self, conn: _HttpConn) -> None:
+    def _release(self, conn: HttpConn) -> None:
         if not conn.alive:
             self.open_conns -= 1
             if (self.queue or self.mode == "closed") and not self.closing:
@@ -255,7 +145,7 @@ class Runner:
         else:
             self.idle.append(conn)
 
-    def _take_idle(self) -> _HttpConn | None:
+    def _take_idle(self) -> HttpConn | None:
         """An idle connection still open (the server may have closed some after its keep-alive)."""
         while self.idle:
             conn = self.idle.pop()
@@ -264,13 +154,13 @@ class Runner:
             self.open_conns -= 1
         return None
 
-    def _send(self, conn: _HttpConn, slot: int) -> None:
+    def _send(self, conn: HttpConn, slot: int) -> None:
         self.rec.sent[slot] = time.monotonic()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         conn.send(slot, self.http.payloads[slot % self.count])
 
-    def _http_done(self, conn: _HttpConn, status: int, error: str | None) -> None:
+    def _http_done(self, conn: HttpConn, status: int, error: str | None) -> None:
         self.in_flight -= 1
         self.rec.finish(conn.slot, status, error)
         if self.mode == "closed" and not self.closing and conn.alive:
@@ -315,7 +205,7 @@ class Runner:
             self._closed_next(None)
 
     # --- modes
-    def _closed_next(self, conn: _HttpConn | None) -> None:
+    def _closed_next(self, conn: HttpConn | None) -> None:
         slot = self.next
         if slot >= len(self.rec.done) or time.monotonic() >= self.stop_at:
             if conn is not None:
