@@ -27,6 +27,8 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import orjson
+
 from storeml.errors import CodecError
 from storeml.schemas.codec import get_codec
 
@@ -95,13 +97,20 @@ def _string(text: bytes | str) -> str:
     return text.decode() if isinstance(text, bytes) else text
 
 
+def _json(text: bytes | str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. an integer past 64 bits, which json reads
+        return json.loads(text)
+
+
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "int": int,
     "long": int,
     "double": _finite,
     "float": _finite,
     "boolean": _boolean,
-    "json": json.loads,
+    "json": _json,
     "string": _string,
 }
 

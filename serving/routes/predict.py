@@ -7,9 +7,9 @@ challenger. The model is the store's, from the registry, scored with the stream'
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -88,7 +88,7 @@ router = APIRouter(
     ),
 )
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = orjson.dumps  # compact; a non-finite float becomes null
 
 
 @router.post(

@@ -11,11 +11,11 @@ export is one atomic snapshot streamed as NDJSON (``{"id", "score"}`` per line) 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
@@ -35,7 +35,7 @@ router = APIRouter(
     responses=error_responses("segments", not_found="A store this key may not see."),
 )
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = orjson.dumps  # compact; a non-finite float becomes null
 _DEFAULT_FIELD = {"customer": "propensity", "product": "category"}
 
 
