@@ -94,11 +94,14 @@ def variant(base: Settings, name: str, tmp_path: Path) -> Settings:
 
 
 def redis_profiles(settings: Settings, kind: str) -> dict[str, dict[str, Any]]:
+    """Every hash of ``kind`` (key without the prefix), without ``written_at`` (a wall clock)."""
     store = FeatureStore(settings.redis_url, settings.redis_prefix)
     out = {}
     for key in store.scan(kind):
         raw = store._client.hgetall(key)  # noqa: SLF001 - test reads the raw hash
-        out[key[len(settings.redis_prefix) :]] = {k.decode(): v.decode() for k, v in raw.items()}
+        out[key[len(settings.redis_prefix) :]] = {
+            k.decode(): v.decode() for k, v in raw.items() if k != b"written_at"
+        }
     return out
 
 
@@ -262,6 +265,7 @@ def test_kill_9_mid_run_then_restart_equals_uninterrupted(
         got, want = redis_profiles(crashed, kind), redis_profiles(clean, kind)
         assert len(want) > 0
         assert got == want, kind
+    assert redis_indexes(crashed) == redis_indexes(clean)  # and the same score index
 
     # topic: the same latest record per key; replays only repeat (key, version) pairs already seen
     for topic_attr, id_field, schema in (
@@ -331,6 +335,7 @@ def test_a_checkpoint_resumes_with_more_and_fewer_tasks_and_equals_an_uninterrup
             for k, h in redis_profiles(whole, kind).items()
         }
         assert len(want) > 0 and got == want, kind
+    assert redis_indexes(resized) == redis_indexes(whole)
     good, _ = input_events(base)
     want_c, want_p = reference_profiles(good)
     latest = latest_from_topic(
