@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from storeml.connectors.api_keys import KeyLookup
 from storeml.connectors.profile_reader import ProfileReader, connect_async
+from storeml.connectors.segment_reader import SegmentReader
 from storeml.serving.deps import RateLimiter
 from storeml.serving.errors import install_handlers
 from storeml.serving.metrics import ApiMetrics, MetricsMiddleware
@@ -47,11 +48,11 @@ class Serving:
     settings: Settings
     redis: Any
     profiles: ProfileReader
+    segments: SegmentReader
     keys: KeyLookup
     limiter: RateLimiter
     metrics: ApiMetrics
     predictor: Any = None
-    segments: Any = None
     #: objects with ``async start()`` / ``async close()``, run by the lifespan in order
     startables: list[Any] = field(default_factory=list)
 
@@ -66,6 +67,7 @@ def _serving(settings: Settings) -> Serving:
         settings=settings,
         redis=redis_client,
         profiles=ProfileReader(redis_client, settings.redis_prefix),
+        segments=SegmentReader(redis_client, settings.redis_prefix),
         keys=KeyLookup(redis_client, settings.redis_prefix, settings.serve_key_cache_seconds),
         limiter=RateLimiter(settings.serve_rate_limit),
         metrics=ApiMetrics(cache.stats),

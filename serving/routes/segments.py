@@ -20,12 +20,12 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
-from storeml.connectors.segment_reader import SegmentReader, export_header, export_lines
+from storeml.connectors.segment_reader import export_header, export_lines
 from storeml.serving.bodies import Kind, StoreId
 from storeml.serving.deps import State, authorized
 from storeml.serving.errors import error_responses, problem
 
-__all__ = ["router", "SegmentPage", "reader_of"]
+__all__ = ["router", "SegmentPage"]
 
 
 router = APIRouter(
@@ -85,13 +85,6 @@ _Cursor = Annotated[
 ]
 
 
-def reader_of(state: Any) -> SegmentReader:
-    """The app's segment reader (made on first use from the app's Redis client if unset)."""
-    if state.segments is None:
-        state.segments = SegmentReader(state.redis, state.settings.redis_prefix)
-    return state.segments  # type: ignore[no-any-return]
-
-
 def _check_bounds(low: float | None, high: float | None) -> None:
     for name, value in (("min", low), ("max", high)):
         if value is not None and not math.isfinite(value):
@@ -120,11 +113,9 @@ async def export_segment(
     format: Annotated[Literal["ndjson", "csv"], Query(description="Output format.")] = "ndjson",
 ) -> StreamingResponse:
     _check_bounds(low, high)
-    chunks = (
-        reader_of(state)
-        .export(kind, store, field or _DEFAULT_FIELD[kind], low, high, category or None)
-        .__aiter__()
-    )
+    chunks = state.segments.export(
+        kind, store, field or _DEFAULT_FIELD[kind], low, high, category or None
+    ).__aiter__()
     # the snapshot is read now, so a bad request or Redis being down is an error body, not a
     # response cut after its headers
     first = await anext(chunks, None)
@@ -171,7 +162,7 @@ async def segment_page(
     limit = min(100, most) if limit is None else limit
     if limit > most:
         raise problem(422, f"limit: {limit} items, at most {most} per page")
-    items, next_cursor = await reader_of(state).page(
+    items, next_cursor = await state.segments.page(
         kind,
         store,
         field or _DEFAULT_FIELD[kind],
