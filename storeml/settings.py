@@ -39,6 +39,7 @@ from pydantic_settings import SettingsConfigDict
 
 from storeml.errors import ConfigError
 from storeml.redaction import MASK, is_secret_key, mask_value, redact_url
+from storeml.settings_monitor import MonitorSettings
 from storeml.settings_serving import ServeSettings
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _kafka_value(value: Any) -> str | SecretStr:
 KafkaValue = Annotated[str | SecretStr, PlainValidator(_kafka_value)]
 
 
-class Settings(ServeSettings):
+class Settings(ServeSettings, MonitorSettings):
     """Frozen settings; build with :func:`load_settings` (or :func:`get_settings` for the cached one)."""
 
     model_config = SettingsConfigDict(
