@@ -45,6 +45,7 @@ def test_round_trip_every_schema() -> None:
     assert schema_names() == [
         "customer_profile",
         "dead_letter",
+        "monitor_alert",
         "order_event",
         "product_event",
         "product_profile",
