@@ -330,6 +330,18 @@ def stream_run(
         )
 
     spark = get_spark(settings, "storeml-stream")
+    metrics = None
+    if settings.stream_metrics_port > 0:  # before the query starts, so its start is seen
+        from storeml.streams.stream_metrics import start_metrics
+
+        try:
+            metrics = start_metrics(spark, settings.stream_metrics_port)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve stream metrics on port {settings.stream_metrics_port}: {exc};"
+                " set STOREML_STREAM_METRICS_PORT to a free port (0 turns metrics off)"
+            ) from exc
+        click.echo(f"stream metrics on http://0.0.0.0:{metrics.port}/metrics")
     query, handler = _run(
         lambda: start_enrichment(spark, settings, available_now=available_now, on_batch=report)
     )
@@ -342,6 +354,8 @@ def stream_run(
     finally:
         error = query.exception()
         handler.close()  # no lake compaction outlives the stream
+        if metrics is not None:
+            metrics.stop()
         spark.stop()
     if error is not None:
         from storeml.redaction import redact_url
