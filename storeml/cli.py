@@ -20,6 +20,7 @@ import click
 from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule_group
 from storeml.cli_common import settings_of
 from storeml.cli_models import models
+from storeml.cli_monitor import monitor_group
 from storeml.cli_segments import segments
 from storeml.cli_serve import keys_group, serve_cmd
 from storeml.errors import StoremlError
@@ -496,6 +497,7 @@ def demo(ctx: click.Context, stores: int, events: int, seed: int, keep_stack: bo
 
 
 main.add_command(models)
+main.add_command(monitor_group)
 main.add_command(recompute_cmd)
 main.add_command(batch_transform_cmd)
 main.add_command(schedule_group)

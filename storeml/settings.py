@@ -507,6 +507,7 @@ class Settings(ServeSettings, MonitorSettings):
                 self.mlflow_password,
                 self.mlflow_token,
                 self.api_key,
+                self.monitor_webhook_url,
                 *self.kafka_security.values(),
             )
             if isinstance(value, SecretStr)

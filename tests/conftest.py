@@ -150,6 +150,8 @@ def settings(
         topic_product_profiles=f"test.{unique}.product-profiles",
         topic_dead_letter=f"test.{unique}.dead-letter",
         topic_notices=f"test.{unique}.notices",
+        topic_alerts=f"test.{unique}.alerts",
+        monitor_app_id=f"test-{unique}-monitor",
         redis_prefix=f"test:{unique}",
         customer_model=f"test-{unique}-customers",
         product_model=f"test-{unique}-products",
