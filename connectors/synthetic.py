@@ -296,6 +296,13 @@ class GeneratorConfig:
     order_share: float = 0.25
     update_share: float = 0.03
     anonymous_view_share: float = 0.2
+    #: Injected drift (tests of the monitor): orders of store ``drift_store`` with an event time in
+    #: ``[drift_from_ms, drift_until_ms)`` get their unit prices multiplied by
+    #: ``drift_price_factor``. No random draw depends on it, so every other event stays the same.
+    drift_store: str | None = None
+    drift_from_ms: int = 0
+    drift_until_ms: int = 2**62
+    drift_price_factor: float = 1.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -332,6 +339,7 @@ class GeneratorConfig:
             need(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
         need(self.max_products >= 1, f"max_products={self.max_products} must be >= 1")
         need(self.max_customers >= 1, f"max_customers={self.max_customers} must be >= 1")
+        need(self.drift_price_factor > 0, f"drift_price_factor={self.drift_price_factor} must be > 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,6 +594,14 @@ def generate(config: GeneratorConfig) -> Iterator[SyntheticEvent]:
         draw = u()
         if draw < order_cut:
             record = _order_record(store, n_created, event_ms, u)
+            if (
+                store.store_id == config.drift_store
+                and config.drift_from_ms <= record["event_time"] < config.drift_until_ms
+            ):
+                for line in record["lines"]:
+                    line["unit_price_minor"] = max(
+                        0, int(round(line["unit_price_minor"] * config.drift_price_factor))
+                    )
             key = f"{store.store_id}|{record['customer_id']}".encode()
             if bad:
                 yield _malformed(record, "orders", key, u, rng)
