@@ -50,6 +50,7 @@ from typing import Any
 from storeml.connectors import monitor_queries as plans
 from storeml.connectors.base import Sink
 from storeml.connectors.monitor_queries import MonitorKeys, series_of
+from storeml.connectors.monitor_scripts import ALERT, LATEST, SERIES
 from storeml.connectors.redis_client import RedisTarget, redis_error
 from storeml.errors import ConnectorError
 from storeml.models.monitor_results import (
@@ -66,67 +67,6 @@ __all__ = ["MonitorStore", "MonitorReader", "MonitorKeys", "KEEP_ALERTS"]
 #: Alert records kept (the newest by window end); open alerts are kept however old.
 KEEP_ALERTS = 1000
 _CHUNK = 1000  # commands per pipeline round trip when writing a large window
-
-# KEYS: data hash, index zset, latest hash; ARGV: window, JSON, keep, latest field
-_SERIES = """
-local ws = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ws, ARGV[1])
-local keep = tonumber(ARGV[3])
-local n = redis.call('ZCARD', KEYS[2])
-if n > keep then
-  local old = redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
-  redis.call('HDEL', KEYS[1], unpack(old))
-end
-local cur = redis.call('HGET', KEYS[3], ARGV[4])
-if cur then
-  local seen = tonumber(string.match(cur, '^(%-?%d+)|'))
-  if seen and seen > ws then return 0 end
-end
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[1] .. '|' .. ARGV[2])
-return 1
-"""
-
-# KEYS: hash; ARGV: field, window, JSON
-_LATEST = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local seen = tonumber(string.match(cur, '^(%-?%d+)|'))
-  if seen and seen > tonumber(ARGV[2]) then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
-return 1
-"""
-
-# KEYS: alerts hash, log zset, open hash, state hash
-# ARGV: alert_id, JSON, score, keep, series, window_start, status
-_ALERT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
-local keep = tonumber(ARGV[4])
-local n = redis.call('ZCARD', KEYS[2])
-if n > keep then
-  local old = redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
-  redis.call('HDEL', KEYS[1], unpack(old))
-end
-local ws = tonumber(ARGV[6])
-local cur = redis.call('HGET', KEYS[4], ARGV[5])
-if cur then
-  local seen, status = string.match(cur, '^(%-?%d+)|(%a+)$')
-  seen = tonumber(seen)
-  if seen and seen > ws then return 0 end
-  if seen == ws and status == 'resolved' and ARGV[7] ~= 'resolved' then return 0 end
-end
-redis.call('HSET', KEYS[4], ARGV[5], ARGV[6] .. '|' .. ARGV[7])
-if ARGV[7] == 'firing' then
-  redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
-else
-  redis.call('HDEL', KEYS[3], ARGV[5])
-end
-return 1
-"""
 
 
 def _dumps(value: Any) -> str:
@@ -191,7 +131,7 @@ class MonitorStore(Sink):
 
     def setup(self) -> None:
         self._client = self.target.connect(socket_timeout=10.0, socket_connect_timeout=5.0)
-        for name, text in (("series", _SERIES), ("latest", _LATEST), ("alert", _ALERT)):
+        for name, text in (("series", SERIES), ("latest", LATEST), ("alert", ALERT)):
             self._scripts[name] = self._client.register_script(text)
 
     def close(self) -> None:

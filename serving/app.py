@@ -80,7 +80,7 @@ def _serving(settings: Settings) -> Serving:
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings`` (Redis, registry, keys, limits: the ``serve_*`` settings)."""
-    from storeml.serving.routes import health, predict, profiles, segments
+    from storeml.serving.routes import dashboard, health, predict, profiles, segments
 
     state = _serving(settings)
 
@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
     # --- more routers (one line each) --------------------------------------------------------
     app.include_router(predict.router)
     app.include_router(segments.router)
+    dashboard.install(app)  # HTML pages at /dashboard, outside the OpenAPI document
     app.add_middleware(
         MetricsMiddleware, metrics=state.metrics, access_log=settings.serve_access_log
     )
