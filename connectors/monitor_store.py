@@ -130,7 +130,11 @@ class MonitorStore(Sink):
         )
 
     def setup(self) -> None:
+        """Open the client (idempotent: a second call, or a write after it, reuses it)."""
+        if self._client is not None:
+            return
         self._client = self.target.connect(socket_timeout=10.0, socket_connect_timeout=5.0)
+        self._ready = True
         for name, text in (("series", SERIES), ("latest", LATEST), ("alert", ALERT)):
             self._scripts[name] = self._client.register_script(text)
 
