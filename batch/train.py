@@ -41,6 +41,7 @@ from storeml.connectors.mlflow_registry import (
     log_bundle_model,
     register_bundle,
 )
+from storeml.connectors.monitor_registry import MONITORS_ARTIFACT
 from storeml.errors import ModelError
 from storeml.models.bundle_integrity import bundle_digest
 from storeml.models.features import CUSTOMER_FEATURES
@@ -95,10 +96,14 @@ def train_kind(
     params: dict[str, Any],
     fit_options: dict[str, Any],
     package: ModelPackage | None = None,
+    monitors: Callable[[Path], dict[str, Any]] | None = None,
 ) -> ModelHandle:
     """Fit, log and register one model kind; returns the new version's handle.
 
     With ``package``, the bundle and the run also record the package (see the module docstring).
+    ``monitors`` gets the written bundle folder and returns the version's monitors (kind ->
+    Monitor, ``batch/monitor_train.py``); they are logged in the same run under ``monitors/``,
+    before the version is registered and its alias moved.
     """
     import mlflow
 
@@ -156,6 +161,14 @@ def train_kind(
                     shutil.copy2(path, files / path.name)
                 mlflow.log_artifacts(str(files), artifact_path="package")
                 requirements += [r for r in package.requirements if r not in requirements]
+            if monitors is not None:
+                fitted = monitors(folder)
+                if fitted:
+                    watch = Path(tmp) / "monitors"
+                    watch.mkdir()
+                    for monitor_kind, monitor in fitted.items():
+                        monitor.save(watch / f"{monitor_kind}.joblib")
+                    mlflow.log_artifacts(str(watch), artifact_path=MONITORS_ARTIFACT)
             info = log_bundle_model(
                 folder,
                 make_pyfunc_model(),
@@ -262,7 +275,26 @@ def train_package(
         params=params,
         fit_options=options,
         package=package,
+        monitors=_monitors(settings, package.kind, package.name, facts, cutoff_ms),
     )
+
+
+def _monitors(
+    settings: Settings, kind: str, name: str, facts: pd.DataFrame, cutoff_ms: int
+) -> Callable[[Path], dict[str, Any]]:
+    def fit(folder: Path) -> dict[str, Any]:
+        from storeml.batch.monitor_train import fit_monitors, monitor_options
+
+        return fit_monitors(
+            kind,
+            folder,
+            facts,
+            monitor_options(settings),
+            model_name=name,
+            reference_days=settings.monitor_reference_days,
+        )
+
+    return fit
 
 
 def train_and_register(
@@ -304,6 +336,7 @@ def train_and_register(
                 alias=alias,
                 params=params,
                 fit_options=fit_options,
+                monitors=_monitors(settings, kind, settings.customer_model, facts, cutoff_ms),
             )
         elif kind == "product":
             handles[kind] = train_kind(
@@ -318,6 +351,7 @@ def train_and_register(
                 alias=alias,
                 params=params,
                 fit_options=fit_options,
+                monitors=_monitors(settings, kind, settings.product_model, facts, cutoff_ms),
             )
         else:
             raise ModelError(f"unknown model kind {kind!r}; use one of {KINDS}")

@@ -61,7 +61,7 @@ def monitor_run(ctx: click.Context, loglevel: str) -> None:
     for topic, _partition in partitions_of(settings.kafka_config(), inputs):
         counts[topic] = counts.get(topic, 0) + 1
     app = build_app(settings, partitions=max(counts.values(), default=settings.topic_partitions))
-    worker = faust.Worker(app, loglevel=loglevel, web_port=settings.monitor_web_port or None)
+    worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()
 
 

@@ -59,6 +59,18 @@ class MonitorSettings(BaseSettings):
         ge=1,
         description="Rows a store's window needs before its drift is tested.",
     )
+    monitor_min_store_rows: int = Field(
+        default=50,
+        ge=1,
+        description="Reference rows a store needs for its own reference histograms; smaller"
+        " stores are tested against the reference of all stores.",
+    )
+    monitor_reference_days: float = Field(
+        default=28.0,
+        gt=0,
+        description="A model version's monitors learn from the last this many days (event time)"
+        " of the history it was trained on, the period closest to the live traffic it will see.",
+    )
     monitor_cooldown_seconds: float = Field(
         default=3600.0,
         ge=0,
