@@ -2,9 +2,10 @@
 
 ``validate`` and ``train`` a model package; ``list`` the registered models; ``promote`` a version
 to an alias (``champion`` is served, ``challenger`` scored in shadow); ``compare`` two versions'
-per-store test metrics; ``seal`` an older version with its digest. The registry work lives in
-:mod:`storeml.connectors.mlflow_registry` and the comparison in :mod:`storeml.batch.packages`:
-these commands only print.
+per-store test metrics, or with ``--live`` the champion's and challenger's live performance the
+monitor measured (:mod:`storeml.cli_models_live`); ``seal`` an older version with its digest.
+The registry work lives in :mod:`storeml.connectors.mlflow_registry` and the comparison in
+:mod:`storeml.batch.packages`: these commands only print.
 
 Added to the main command with ``main.add_command(models)``; the subcommands use the settings the
 main command built (``ctx.obj["settings"]``), or load them when run on their own.
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from storeml.cli_common import settings_of
 from storeml.errors import StoremlError
@@ -254,18 +256,65 @@ def seal_cmd(ctx: click.Context, name: str, version: str) -> None:
     "--metric",
     default=None,
     help="Test metric to compare [default: auc for customer models, top5_accuracy for product"
-    " models].",
+    " models]; with --live one of auc, brier, precision, recall, hit1, hit5 [default: auc, or"
+    " hit5 for product models].",
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Compare the live performance the monitor measured (`storeml monitor run`, read from"
+    " Redis) per window, instead of the versions' test metrics.",
+)
+@click.option(
+    "--store",
+    "store_id",
+    default=None,
+    help="With --live: one store's windows [default: the figures over all stores].",
+)
+@click.option(
+    "--windows",
+    default=12,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --live: show the newest N windows.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --live: print JSON instead of a table.")
 @click.pass_context
 def compare_cmd(
-    ctx: click.Context, name: str, champion: str | None, challenger: str | None, metric: str | None
+    ctx: click.Context,
+    name: str,
+    champion: str | None,
+    challenger: str | None,
+    metric: str | None,
+    live: bool,
+    store_id: str | None,
+    windows: int,
+    as_json: bool,
 ) -> None:
     """Per-store test metrics of NAME's champion and challenger versions, side by side.
 
     Each version's numbers come from its own test rows (its training's split); a store trained
     by only one version shows '-' on the other side. The last line aggregates the stores both
     versions score.
+
+    With --live: the champion's and the challenger's (shadow) live metrics per window, on the
+    same traffic, from the monitor's results in Redis; then totals over the shown windows
+    (n-weighted) and which role is better.
     """
+    if live:
+        if champion is not None or challenger is not None:
+            raise click.UsageError(
+                "--champion/--challenger pick registry versions; --live compares the roles the"
+                " monitor scored (each row names its version)"
+            )
+        _compare_live(settings_of(ctx), name, store_id, windows, metric, as_json)
+        return
+    if (
+        store_id is not None
+        or as_json
+        or ctx.get_parameter_source("windows") is not ParameterSource.DEFAULT
+    ):
+        raise click.UsageError("--store, --windows and --json go with --live")
     from storeml.batch.packages import ALL_STORES, compare_versions
     from storeml.connectors.mlflow_registry import resolve_version
 
@@ -298,6 +347,62 @@ def compare_cmd(
         click.echo(f"only in the champion: {', '.join(only_champion)}")
     if only_challenger:
         click.echo(f"only in the challenger: {', '.join(only_challenger)}")
+
+
+def _compare_live(
+    settings: Settings,
+    name: str,
+    store_id: str | None,
+    windows: int,
+    metric: str | None,
+    as_json: bool,
+) -> None:
+    from storeml.cli_models_live import LIVE_METRICS, live_comparison, live_table
+    from storeml.connectors.monitor_store import MonitorStore
+    from storeml.models.monitor_results import ALL_STORES
+
+    if metric is not None and metric not in LIVE_METRICS:
+        raise click.BadParameter(
+            f"{metric!r} is not a live metric; choose one of {', '.join(LIVE_METRICS)}",
+            param_hint="--metric",
+        )
+    store = MonitorStore.from_settings(settings)
+    try:
+        rows = store.performance_series(name, store_id or ALL_STORES)
+        known = [] if rows else [m["name"] for m in store.models()]
+    except StoremlError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    where = f"store {store_id}" if store_id else "all stores"
+    comparison = live_comparison(rows, windows, metric)
+    if as_json:
+        out = {"model": name, "store": store_id or ALL_STORES, **comparison}
+        if not rows:
+            out["message"] = _no_live_rows(settings, name, store_id, known)
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo(_no_live_rows(settings, name, store_id, known))
+        return
+    shown = comparison["windows"]
+    click.echo(
+        f"{name}: live performance, {where}, the newest {len(shown)} window"
+        f"{'s' if len(shown) != 1 else ''} (champion vs challenger on the same traffic)"
+    )
+    click.echo(live_table(comparison))
+
+
+def _no_live_rows(settings: Settings, name: str, store_id: str | None, known: list[str]) -> str:
+    where = f" for store {store_id}" if store_id else ""
+    text = (
+        f"no live performance of {name}{where} yet in Redis at {settings.redis.describe()}"
+        f" (prefix {settings.redis_prefix!r}); run `storeml monitor run`: it writes a window"
+        " once the labels of scored events arrive"
+    )
+    if known:
+        text += f". The monitor has results for: {', '.join(known)}"
+    return text
 
 
 def _ref(ref: str, version: str) -> str:
