@@ -57,7 +57,7 @@ def test_validator_catches_a_misspelt_key(tmp_path: Path) -> None:
 
 def test_services_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "redis", "postgres", "mlflow", "stream", "api"} <= set(services)
+    assert {"kafka", "redis", "postgres", "mlflow", "stream", "api", "monitor"} <= set(services)
     for name in ("kafka", "redis", "postgres", "mlflow"):
         assert "healthcheck" in services[name], name
     waits_for = services["stream"]["depends_on"]
@@ -97,6 +97,45 @@ def test_api_serves_from_the_stream_image_and_reports_health(compose: dict[str, 
     for name in ("redis", "mlflow"):
         assert api["depends_on"][name]["condition"] == "service_healthy"
     assert any(v.endswith(":/var/lib/storeml") for v in api["volumes"])
+
+
+def test_the_dashboard_is_published_with_the_api(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["command"] == ["serve"]  # storeml serve mounts /dashboard (serving/routes)
+    published = {port.rsplit(":", 1)[1] for port in api["ports"]}
+    assert str(api["environment"]["STOREML_SERVE_PORT"]) in published
+    monitor_env = compose["services"]["monitor"]["environment"]
+    dashboard = monitor_env["STOREML_MONITOR_DASHBOARD_URL"]  # what the alerts link to
+    host_port = next(p.split(":")[1] for p in api["ports"] if p.endswith(":8000"))
+    assert dashboard == f"http://localhost:{host_port}/dashboard"
+    assert "/dashboard" in COMPOSE.read_text().split("\nname:")[0]  # the header names the URL
+
+
+def test_monitor_runs_from_the_stream_image_and_serves_metrics(compose: dict[str, Any]) -> None:
+    monitor, stream = compose["services"]["monitor"], compose["services"]["stream"]
+    assert monitor["image"] == stream["image"] and monitor["build"] == stream["build"]
+    assert monitor["command"] == ["monitor", "run"]
+    env = monitor["environment"]
+    from storeml.settings import Settings
+
+    for key in env:  # every variable is a real setting (a typo would fail at start-up)
+        assert key.removeprefix("STOREML_").lower() in Settings.model_fields, key
+    shared = [k for k in stream["environment"] if k.startswith(("STOREML_KAFKA", "STOREML_REDIS"))]
+    for name in [*shared, "STOREML_MLFLOW_TRACKING_URI", "STOREML_MLFLOW_PASSWORD"]:
+        assert env[name] == stream["environment"][name], name
+    assert not any(k.startswith("STOREML_SPARK") for k in env)  # a Faust app, no Spark
+    for name in ("kafka", "redis", "mlflow"):
+        assert monitor["depends_on"][name]["condition"] == "service_healthy"
+    port = env["STOREML_MONITOR_WEB_PORT"]
+    assert port == Settings.model_fields["monitor_web_port"].default == 6066
+    assert env["STOREML_SERVE_HOST"] == "0.0.0.0"  # Faust's web server binds to serve_host
+    assert f"127.0.0.1:{port}:{port}" in monitor["ports"]
+    assert f"localhost:{port}/metrics" in " ".join(monitor["healthcheck"]["test"])
+    # Faust writes its data folder into the working directory: the storeml user's volume
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in monitor["volumes"]}
+    assert monitor["working_dir"] in mounts
+    assert mounts[monitor["working_dir"]] in compose["volumes"]
+    assert mounts[monitor["working_dir"]] not in {v.split(":")[0] for v in stream["volumes"]}
 
 
 def test_dockerfile_builds_the_stream_job() -> None:
