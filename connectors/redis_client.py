@@ -7,8 +7,9 @@ Spark plans as it is. :meth:`RedisTarget.connect` hands the credentials to redis
 ``AUTH <username> <password>`` (``AUTH <password>`` without a user) on every new connection.
 
 TLS is the ``rediss://`` scheme; the CA, client certificate and key files are options of the target
-(mutual TLS when both certificate and key are set). :data:`STREAM_ACL` lists the Redis commands the
-stream and the lookups send, for an ACL user of their own (``docs/security.md``).
+(mutual TLS when both certificate and key are set). :data:`STREAM_ACL`, :data:`LOOKUP_ACL`,
+:data:`MONITOR_ACL` and :data:`MONITOR_READ_ACL` list the Redis commands the stream, the lookups,
+the monitor and the monitor's readers send, for ACL users of their own (``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pydantic import SecretStr
 from storeml.errors import ConfigError, ConnectorError
 from storeml.redaction import redact_url
 
-__all__ = ["RedisTarget", "STREAM_ACL", "LOOKUP_ACL", "redis_error"]
+__all__ = [
+    "RedisTarget",
+    "STREAM_ACL",
+    "LOOKUP_ACL",
+    "MONITOR_ACL",
+    "MONITOR_READ_ACL",
+    "redis_error",
+]
 
 #: ACL rules (after ``user <name> on >password``) for the stream's user: the profile keys under
 #: ``{prefix}`` only, and the commands of the guarded writes (Lua: EVALSHA/EVAL, which run
@@ -36,6 +44,25 @@ STREAM_ACL = (
 #: services reading profiles); ZRANGE reads the score index.
 LOOKUP_ACL = (
     "resetkeys ~{prefix}:* resetchannels -@all +ping +hello +auth +select +hgetall +scan +zrange"
+)
+#: The read commands of the monitor's read plans (``connectors/monitor_queries.py``: the
+#: dashboard, ``storeml monitor status``, ``storeml models compare --live``).
+_MONITOR_READS = "+smembers +hgetall +hget +hvals +hmget +zrevrange"
+#: ACL rules for the monitor's user (``storeml monitor run``): the keys under
+#: ``{prefix}:monitor:`` only. Its writes are SADD and the Lua scripts of
+#: ``connectors/monitor_scripts.py`` (EVALSHA; redis-py's pipelines check them with SCRIPT EXISTS
+#: and load them with SCRIPT LOAD), whose HSET/HGET/HDEL/ZADD/ZCARD/ZRANGE/ZREMRANGEBYRANK are
+#: checked against these rules too; plus the reads, so ``storeml monitor status`` runs as it.
+MONITOR_ACL = (
+    "resetkeys ~{prefix}:monitor:* resetchannels -@all +ping +hello +auth +select"
+    " +script|exists +script|load +evalsha +sadd +hset +hdel +zadd +zcard +zrange"
+    " +zremrangebyrank " + _MONITOR_READS
+)
+#: ACL rules for a user that only reads the monitor's results (``storeml monitor status``,
+#: ``storeml models compare --live``). The API's user (``+@read`` on ``{prefix}:*``,
+#: docs/serving.md) already has these commands, which the dashboard sends.
+MONITOR_READ_ACL = (
+    "resetkeys ~{prefix}:monitor:* resetchannels -@all +ping +hello +auth +select " + _MONITOR_READS
 )
 
 
@@ -168,7 +195,7 @@ def redis_error(action: str, target: RedisTarget, exc: BaseException) -> Connect
     elif "noperm" in lowered or "no permissions" in lowered:
         hint = (
             "the ACL user lacks a command or key pattern; grant the rules in"
-            " docs/security.md (storeml.connectors.redis_client.STREAM_ACL)"
+            " docs/security.md (storeml.connectors.redis_client: STREAM_ACL, MONITOR_ACL, ...)"
         )
     else:
         hint = "check STOREML_REDIS_URL (and the redis_ssl_* files for rediss://)"

@@ -1,6 +1,8 @@
 """The API runs as a read-only Redis user: the ACL lines of docs/serving.md, on a Redis of our own.
 
-The lines are read from the docs, so the docs cannot drift from what works.
+The lines are read from the docs, so the docs cannot drift from what works. The API's user serves
+the lookups, the segments and the monitoring dashboard (the monitor's results, written as the
+default user here, are read by the API's user).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import pytest
 import redis as redis_py
 from pydantic import SecretStr
 
-from storeml.connectors.api_keys import KeyStore
+from storeml.connectors.api_keys import ADMIN, KeyStore
+from storeml.connectors.monitor_store import MonitorStore
 from storeml.connectors.redis_client import RedisTarget
 from storeml.connectors.redis_sink import RedisProfileSink
 from storeml.settings import Settings
 from storeml.stack import RedisServer
 from tests.api_server import start_server
+from tests.monitor_data import seed
 from tests.test_serving_api import customer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "serving.md"
@@ -66,6 +70,10 @@ def test_the_api_works_as_the_documented_read_only_user(
         own_redis.url, username="storeml-keys", password=SecretStr(passwords["storeml-keys"])
     )
     key, _ = KeyStore(keys_user.connect(), prefix).create("s1", ["read", "segments"])
+    admin_key, _ = KeyStore(keys_user.connect(), prefix).create(ADMIN, ["read"])
+    monitor = MonitorStore(RedisTarget(own_redis.url), prefix)  # the monitor's results
+    seed(monitor, ["s-drift", "s-calm"], drifting="s-drift", windows=4)
+    monitor.close()
     with pytest.raises(redis_py.exceptions.NoPermissionError):  # nothing but the key hash
         keys_user.connect().hset(f"{prefix}:{{s1}}:customer:c1", "order_count", "0")
 
@@ -94,6 +102,15 @@ def test_the_api_works_as_the_documented_read_only_user(
             )
             assert segment.status_code == 200, segment.text
             assert segment.json()["items"], segment.text
+        with server.client(admin_key) as admin_api:  # the dashboard reads <prefix>:monitor:*
+            for path, shows in (
+                ("/dashboard", "s-drift"),
+                ("/dashboard/stores/s-drift", "Jensen-Shannon"),
+                ("/dashboard/models/customers-model", "challenger"),
+            ):
+                page = admin_api.get(path)
+                assert page.status_code == 200, (path, page.text[:2000])
+                assert shows in page.text, path
     finally:
         server.stop()
     assert passwords["storeml-api"] not in server.output()
