@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from storeml.models.label_join import Pending, expire, on_profile, product_outcome
-from storeml.models.performance import BinaryCounts, TopKCounts
 
+from storeml.models.label_join import Pending, expire, on_profile, product_outcome
 from storeml.models.monitor_state import PartitionBatch, Record, Table, window_start
+from storeml.models.performance import BinaryCounts, TopKCounts
 
 __all__ = ["IngestConfig", "ingest_drift", "ingest_customers", "ingest_products", "ExpiryIndex"]
 
@@ -122,10 +122,17 @@ def ingest_drift(
     config: IngestConfig,
     closed_before: int | None = None,
 ) -> int:
-    """Drift histograms of an input topic (orders); returns the records counted."""
+    """Drift histograms of an input topic (orders); returns the records counted.
+
+    ``to_rows`` may give no row for a record (an order without lines, which the input topic can
+    hold: validation happens downstream); such records are left out, not misaligned.
+    """
     batch = PartitionBatch(table, partition, config.window_ms, config.grace_ms)
     admitted = _admit(batch, records, closed_before)
     rows = to_rows([r.value for r in admitted]) if admitted else pd.DataFrame()
+    if len(rows) != len(admitted):
+        admitted = [r for r in admitted if len(to_rows([r.value]))]
+        rows = to_rows([r.value for r in admitted]) if admitted else pd.DataFrame()
     added = _add_drift(
         batch,
         admitted,
@@ -157,8 +164,16 @@ def _binary_merge(score: float, label: int) -> Callable[[Any | None], Any]:
 
 
 def _count_outcome(
-    batch: PartitionBatch, store: str, outcome: Any, offset: int, ws: int, t: int
+    batch: PartitionBatch,
+    store: str,
+    outcome: Any,
+    offset: int,
+    ws: int,
+    t: int,
+    closed_before: int | None = None,
 ) -> None:
+    if closed_before is not None and ws < closed_before:
+        return  # its window was evaluated already (an idle partition's late refutation)
     if outcome.score is not None and outcome.version is not None:
         batch.merge_into(
             "q",
@@ -179,6 +194,31 @@ def _count_outcome(
         )
 
 
+def _expire_due(
+    batch: PartitionBatch,
+    expiry: ExpiryIndex,
+    watermark: int,
+    offset: int,
+    config: IngestConfig,
+    closed_before: int | None,
+) -> None:
+    """Refute the predictions whose horizon the watermark passed with record ``offset``."""
+    for expires_at, key in expiry.due(batch.partition, watermark):
+        _, payload = batch.entity("c", *key.split("|")[2:])
+        if payload is None:
+            continue
+        pending = Pending.from_list(payload)
+        if pending.event_time + config.horizon_ms != expires_at:
+            continue  # superseded by a newer prediction with its own entry
+        outcome = expire(pending, watermark, config.horizon_ms)
+        if outcome is None:
+            continue
+        store = key.split("|")[2]
+        ws = window_start(expires_at, config.window_ms)
+        _count_outcome(batch, store, outcome, offset, ws, expires_at, closed_before)
+        batch.delete_entity(key, offset)
+
+
 def ingest_customers(
     table: Table,
     partition: int,
@@ -189,45 +229,40 @@ def ingest_customers(
     expiry: ExpiryIndex,
     closed_before: int | None = None,
 ) -> int:
-    """Enriched customer profiles: score/feature drift and the propensity label join."""
+    """Enriched customer profiles: score/feature drift and the propensity label join.
+
+    Records are joined one at a time, each followed by the refutations its watermark makes due,
+    which count with that record's offset. So the labels, and which offsets guard them on a
+    replay, are the same whatever the batch boundaries (a refutation counted with the batch's
+    last offset would be counted again by a replay whose batch ends later).
+    """
     batch = PartitionBatch(table, partition, config.window_ms, config.grace_ms)
-    admitted = _admit(batch, records, closed_before)
+    start = batch.clock.offset
+    steps: list[tuple[Record, bool, int | None]] = []  # past the clock: (record, on time, wm)
+    for r in records:
+        on_time = batch.admit(r, closed_before)
+        if r.offset > start:
+            steps.append((r, on_time, batch.clock.watermark))
+    admitted = [r for r, on_time, _ in steps if on_time]
     rows = to_rows([r.value for r in admitted]) if admitted else pd.DataFrame()
     added = _add_drift(
         batch, admitted, rows, [_version(r.value) for r in admitted], monitor_for, config.window_ms
     )
-    for r in admitted:
+    for r, on_time, wm in steps:
         value = r.value
         key, payload = batch.entity("c", r.store_id, value["customer_id"])
-        if not batch.fresh(key, r.offset):
-            continue
-        pending = None if payload is None else Pending.from_list(payload)
-        outcomes, new = on_profile(pending, value, config.horizon_ms)
-        for outcome in outcomes:
-            t = outcome_time(outcome, value, config.horizon_ms)
-            _count_outcome(
-                batch, r.store_id, outcome, r.offset, window_start(t, config.window_ms), t
-            )
-        if new is not None:
-            batch.set_entity(key, new.to_list(), r.offset)
-            expiry.push(partition, new.event_time + config.horizon_ms, key)
-    # refutations: predictions whose horizon ran out before this partition's watermark
-    wm = batch.clock.watermark
-    if wm is not None:
-        for expires_at, key in expiry.due(partition, wm):
-            _, payload = batch.entity("c", *key.split("|")[2:])
-            if payload is None:
-                continue
-            pending = Pending.from_list(payload)
-            if pending.event_time + config.horizon_ms != expires_at:
-                continue  # superseded by a newer prediction with its own entry
-            outcome = expire(pending, wm, config.horizon_ms)
-            if outcome is None:
-                continue
-            store = key.split("|")[2]
-            ws = window_start(expires_at, config.window_ms)
-            _count_outcome(batch, store, outcome, batch.last_offset, ws, expires_at)
-            batch.delete_entity(key, batch.last_offset)
+        if on_time and batch.fresh(key, r.offset):
+            pending = None if payload is None else Pending.from_list(payload)
+            outcomes, new = on_profile(pending, value, config.horizon_ms)
+            for outcome in outcomes:
+                t = outcome_time(outcome, value, config.horizon_ms)
+                ws = window_start(t, config.window_ms)
+                _count_outcome(batch, r.store_id, outcome, r.offset, ws, t, closed_before)
+            if new is not None:
+                batch.set_entity(key, new.to_list(), r.offset)
+                expiry.push(partition, new.event_time + config.horizon_ms, key)
+        if wm is not None:
+            _expire_due(batch, expiry, wm, r.offset, config, closed_before)
     batch.commit()
     return added
 
