@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -303,6 +303,11 @@ class GeneratorConfig:
     drift_from_ms: int = 0
     drift_until_ms: int = 2**62
     drift_price_factor: float = 1.0
+    #: Share of ``updated`` events (dated ``late_category_from_ms`` or later) of an uncategorised
+    #: product that publish its true category: a late categorisation, which the monitor uses to
+    #: check the predicted categories. Draws a random number only when above 0.
+    late_category_share: float = 0.0
+    late_category_from_ms: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -321,6 +326,7 @@ class GeneratorConfig:
         for name in (
             "malformed_fraction",
             "uncategorised_fraction",
+            "late_category_share",
             "initial_catalogue_share",
             "order_share",
             "update_share",
@@ -339,7 +345,9 @@ class GeneratorConfig:
             need(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
         need(self.max_products >= 1, f"max_products={self.max_products} must be >= 1")
         need(self.max_customers >= 1, f"max_customers={self.max_customers} must be >= 1")
-        need(self.drift_price_factor > 0, f"drift_price_factor={self.drift_price_factor} must be > 0")
+        need(
+            self.drift_price_factor > 0, f"drift_price_factor={self.drift_price_factor} must be > 0"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,6 +626,15 @@ def generate(config: GeneratorConfig) -> Iterator[SyntheticEvent]:
                 new = old + 1
             if not bad:
                 store.prices[j] = new
+            product = store.products[j]
+            if (
+                config.late_category_share
+                and not bad
+                and product.listed_category is None
+                and event_ms >= config.late_category_from_ms
+                and u() < config.late_category_share
+            ):
+                store.products[j] = replace(product, listed_category=product.category)
             record = _product_record(store, j, event_ms, "updated", None, price=new)
         else:
             customer = None

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from storeml.models.alerting import AlertState, step
-from storeml.models.performance import BinaryCounts, TopKCounts, binary_metrics, topk_metrics
 
+from storeml.models.alerting import AlertState, step
 from storeml.models.monitor_results import (
     ColumnStat,
     DriftWindow,
@@ -28,6 +27,7 @@ from storeml.models.monitor_results import (
     StorePerformance,
 )
 from storeml.models.monitor_state import Clock, Table
+from storeml.models.performance import BinaryCounts, TopKCounts, binary_metrics, topk_metrics
 
 __all__ = [
     "closable",
@@ -47,11 +47,16 @@ def closable(
     evaluated_before: int | None,
     known_windows: Iterable[int],
 ) -> list[int]:
-    """Windows (starts) of ``known_windows`` that may be evaluated now, oldest first."""
+    """Windows (starts) of ``known_windows`` that may be evaluated now, oldest first.
+
+    Every partition that is not idle holds windows back, one that has delivered nothing yet
+    included (its first records may still belong to them).
+    """
     idle_set = set(idle)
-    marks = [
-        c.watermark for p, c in clocks.items() if c.watermark is not None and p not in idle_set
-    ]
+    active = [c for p, c in clocks.items() if p not in idle_set]
+    if any(c.watermark is None for c in active):
+        return []
+    marks = [c.watermark for c in active if c.watermark is not None]
     if not marks:
         return []
     wm = min(marks)
@@ -63,14 +68,26 @@ def closable(
     return out
 
 
-def gather(table: Table, kind: str, windows: Iterable[int]) -> dict[str, dict[str, np.ndarray]]:
+def _merged(kind: str, have: Any, counts: Any) -> Any:
+    if kind == "q":
+        value = BinaryCounts.from_list(counts)
+        return value if have is None else have.merge(value)
+    if kind == "k":
+        value_k = TopKCounts.from_list(counts)
+        return value_k if have is None else have.merge(value_k)
+    arr = np.asarray(counts, dtype=np.int64)
+    return arr if have is None else have + arr
+
+
+def gather(table: Table, kind: str, windows: Iterable[int]) -> dict[str, dict[str, Any]]:
     """``{slot: {store: merged counts}}`` of accumulators ``p|kind|store`` for ``windows``.
 
     ``slot`` is the accumulator's slot without its partition (``"<w>|<version>"`` for drift,
-    ``"<w>|<role>|<version>"`` for performance).
+    ``"<w>|<role>|<version>"`` for performance). Drift counts merge into int64 vectors,
+    performance counts into :class:`BinaryCounts` (``"q"``) or :class:`TopKCounts` (``"k"``).
     """
     wanted = {str(w) for w in windows}
-    out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
     for key, value in list(table.items()):
         parts = key.split("|")
         if len(parts) != 3 or parts[1] != kind or not value:
@@ -79,9 +96,7 @@ def gather(table: Table, kind: str, windows: Iterable[int]) -> dict[str, dict[st
         for slot, counts in value[2].items():
             if slot.split("|", 1)[0] not in wanted:
                 continue
-            arr = np.asarray(counts, dtype=float if kind == "q" else np.int64)
-            have = out[slot].get(store)
-            out[slot][store] = arr if have is None else have + arr
+            out[slot][store] = _merged(kind, out[slot].get(store), counts)
     return out
 
 
@@ -171,14 +186,14 @@ def performance_windows(
         if kind == "q":
             total = BinaryCounts()
             for store in sorted(stores):
-                counts = BinaryCounts.from_list(list(stores[store]))
+                counts = stores[store]
                 total = total.merge(counts)
                 rows.append(_binary_row(store, counts, threshold))
             overall = _binary_row("*", total, threshold)
         else:
             total_k = TopKCounts()
             for store in sorted(stores):
-                counts_k = TopKCounts.from_list([int(v) for v in stores[store]])
+                counts_k = stores[store]
                 total_k = total_k.merge(counts_k)
                 rows.append(_topk_row(store, counts_k))
             overall = _topk_row("*", total_k)

@@ -7,8 +7,8 @@ delayed-label join (``models/label_join.py``) feeding the performance counts. Th
 ``streams/monitor_app.py`` only decode, call these and let the table write its changelog.
 
 Outcomes are counted in the window of the time they became known: a confirmed propensity in the
-window of the confirming order, a refuted one in the window where its horizon ran out, a product's
-top-5 in the window of the record that brought its category.
+window of the profile that confirmed it, a refuted one in the window where its horizon ran out, a
+product's top-5 in the window of the record that brought its category.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def _expire_due(
     config: IngestConfig,
     closed_before: int | None,
 ) -> None:
-    """Refute the predictions whose horizon the watermark passed with record ``offset``."""
+    """Refute the predictions whose horizon ``watermark`` (the partition's, less the grace)
+    passed with record ``offset``."""
     for expires_at, key in expiry.due(batch.partition, watermark):
         _, payload = batch.entity("c", *key.split("|")[2:])
         if payload is None:
@@ -262,15 +263,20 @@ def ingest_customers(
                 batch.set_entity(key, new.to_list(), r.offset)
                 expiry.push(partition, new.event_time + config.horizon_ms, key)
         if wm is not None:
-            _expire_due(batch, expiry, wm, r.offset, config, closed_before)
+            # a profile up to `grace` late may still confirm: refute only past horizon + grace
+            _expire_due(batch, expiry, wm - config.grace_ms, r.offset, config, closed_before)
     batch.commit()
     return added
 
 
 def outcome_time(outcome: Any, profile: dict[str, Any], horizon_ms: int) -> int:
-    """When an outcome became known: the confirming order, or the end of the horizon."""
-    if outcome.label == 1 and profile.get("last_order_time") is not None:
-        return int(profile["last_order_time"])
+    """When an outcome became known: the profile that confirmed it, or the end of the horizon.
+
+    A confirmation counts at the confirming profile's event time (not its order's, which a
+    micro-batch may date earlier, into a window that already closed).
+    """
+    if outcome.label == 1:
+        return int(profile["last_event_time"])
     return int(outcome.event_time) + horizon_ms
 
 

@@ -18,12 +18,11 @@ partition of a table, so the monitor runs as ONE worker (it owns all partitions)
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
-
-from storeml.models.monitor_reference import customer_rows, order_rows, product_rows
 
 from storeml.connectors.faust_broker import PartitionTable, faust_options, install_broker_quirks
 from storeml.errors import CodecError
@@ -33,6 +32,7 @@ from storeml.models.monitor_ingest import (
     ingest_drift,
     ingest_products,
 )
+from storeml.models.monitor_reference import customer_rows, order_rows, product_rows
 from storeml.models.monitor_state import Record
 from storeml.schemas.codec import get_codec
 from storeml.streams.monitor_runtime import MonitorRuntime
@@ -139,8 +139,14 @@ def build_app(
                 if not rt.ready:
                     await rt.wait_ready()
                 started = time.perf_counter()
-                for partition, records in _decode(events, codecs[kind], rt, name).items():
-                    handle(partition, records)
+                try:
+                    for partition, records in _decode(events, codecs[kind], rt, name).items():
+                        handle(partition, records)
+                except Exception:
+                    # Faust acks a batch even when its handler raises; exit before the next
+                    # commit, so a restart (by the supervisor) replays the batch, never skips it.
+                    log.critical("monitor: a %s batch failed; exiting", kind, exc_info=True)
+                    os._exit(70)
                 rt.processed(kind, len(events), time.perf_counter() - started)
 
         agent.__name__ = f"monitor_{kind}"
@@ -206,12 +212,12 @@ def build_app(
     @app.timer(interval=1.0)
     async def close_windows() -> None:
         if rt.ready:
-            await rt.evaluate()
+            await rt.guarded("close windows", rt.evaluate)
 
     @app.timer(interval=min(5.0, max(1.0, settings.monitor_stale_seconds / 10)))
     async def check_health() -> None:
         if rt.ready:
-            await rt.check_health()
+            await rt.guarded("check health", rt.check_health)
 
     @app.timer(interval=15.0)
     async def refresh_catalog() -> None:

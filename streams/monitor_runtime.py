@@ -19,11 +19,11 @@ from collections import defaultdict, deque
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from storeml.models.alerting import AlertState
 
 from storeml.connectors.alert_sink import AlertSink
 from storeml.connectors.monitor_registry import MonitorCatalog
 from storeml.connectors.monitor_store import MonitorStore
+from storeml.models.alerting import AlertState
 from storeml.models.monitor_eval import (
     alert_messages,
     closable,
@@ -60,6 +60,9 @@ STALENESS = Gauge(
 )
 LAG = Gauge("storeml_monitor_stream_lag_records", "Input records the stream has not yet published.")
 OPEN_ALERTS = Gauge("storeml_monitor_open_alerts", "Alerts firing now.")
+ERRORS = Counter(
+    "storeml_monitor_errors_total", "Timer runs that failed (logged; retried next run).", ["task"]
+)
 
 
 def _state_value(state: AlertState) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class MonitorRuntime:
         self.windows_evaluated = 0
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor-io")
         self._newest: dict[str, float] = {}
+        self._started = time.time()
         self._last_seen: dict[tuple[str, int], float] = {}
         self._input_high: dict[tuple[str, int], int] = {}
         self._published: dict[tuple[str, int], int] = {}
@@ -137,6 +141,15 @@ class MonitorRuntime:
         except Exception as exc:  # the registry is down: keep the monitors loaded last
             log.warning("monitor: cannot refresh the model catalog: %s", exc)
 
+    async def guarded(self, task: str, run: Any) -> None:
+        """Run a timer's work; a failure is logged and counted, and the next run tries again
+        (a window is closed only once all of its writes succeeded, so nothing is half done)."""
+        try:
+            await run()
+        except Exception:
+            ERRORS.labels(task).inc()
+            log.exception("monitor: %s failed; retrying on the next run", task)
+
     def closed_before(self, kind: str) -> int | None:
         return self.evaluated.get(kind)
 
@@ -172,14 +185,17 @@ class MonitorRuntime:
 
     # --- closing windows -------------------------------------------------------------------------
     def _clocks(self, table: Any) -> dict[int, Clock]:
-        return {
-            p: Clock.from_value(table.get(f"{p}|clock"))
-            for p in range(self.settings.topic_partitions)
-        }
+        return {p: Clock.from_value(table.get(f"{p}|clock")) for p in range(self.partitions)}
 
     def _idle(self, topic: str) -> list[int]:
+        """Partitions of ``topic`` that delivered nothing for ``monitor_idle_seconds`` (counting
+        from the worker's start for those that delivered nothing at all)."""
         cutoff = time.time() - self.settings.monitor_idle_seconds
-        return [p for (t, p), seen in self._last_seen.items() if t == topic and seen < cutoff]
+        return [
+            p
+            for p in range(self.partitions)
+            if self._last_seen.get((topic, p), self._started) < cutoff
+        ]
 
     def _topic(self, kind: str) -> str:
         s = self.settings
@@ -197,10 +213,12 @@ class MonitorRuntime:
         closed = 0
         for kind in DRIFT_KINDS:
             table = self.tables[kind]
+            clocks = self._clocks(table)
+            LATE.labels(kind).set(sum(c.late for c in clocks.values()))
             perf = {"customer": "q", "product": "k"}.get(kind)
             known = known_windows(table, "w") | (known_windows(table, perf) if perf else set())
             windows = closable(
-                self._clocks(table),
+                clocks,
                 self._idle(self._topic(kind)),
                 self.window_ms,
                 self.grace_ms,
@@ -212,8 +230,18 @@ class MonitorRuntime:
             drift = gather(table, "w", windows)
             perf_counts = gather(table, perf, windows) if perf else {}
             before = windows[-1] + self.window_ms
+            previous = self.evaluated.get(kind)
             self.evaluated[kind] = before  # agents now treat these windows as closed
-            await self._close(kind, drift, perf_counts, perf)
+            try:
+                await self._close(kind, drift, perf_counts, perf)
+            except BaseException:
+                if previous is None:
+                    self.evaluated.pop(kind, None)
+                else:
+                    self.evaluated[kind] = previous
+                raise
+            # the state written so far first, then the mark, then the drops
+            await self.app.producer.flush()
             self.meta["0|eval|" + kind] = before
             await self.app.producer.flush()
             drop_windows(table, "w", before)

@@ -29,20 +29,21 @@ STORES = 4
 EVENTS = 40_000
 
 
-def world(**drift: Any) -> GeneratorConfig:
+def world(**changes: Any) -> GeneratorConfig:
     """One synthetic world over history and live days, kept stationary on purpose (the whole
-    catalogue from the start, no price updates), so that only injected drift is drift."""
-    return GeneratorConfig(
-        stores=STORES,
-        events=EVENTS,
-        seed=3,
-        start_ms=T0,
-        events_per_second=EVENTS / ((HISTORY_DAYS + LIVE_DAYS) * 86_400),
-        jitter_ms=60_000,
-        initial_catalogue_share=1.0,
-        update_share=0.0,
-        **drift,
-    )
+    catalogue from the start, no price updates) unless ``changes`` say otherwise, so that only
+    injected drift is drift."""
+    options: dict[str, Any] = {
+        "stores": STORES,
+        "events": EVENTS,
+        "seed": 3,
+        "start_ms": T0,
+        "events_per_second": EVENTS / ((HISTORY_DAYS + LIVE_DAYS) * 86_400),
+        "jitter_ms": 60_000,
+        "initial_catalogue_share": 1.0,
+        "update_share": 0.0,
+    }
+    return GeneratorConfig(**(options | changes))
 
 
 def train_and_produce_live(settings: Settings, config: GeneratorConfig) -> list[Any]:
@@ -146,3 +147,90 @@ def test_injected_drift_alerts_that_store_only_and_resolves(
     assert {a["store_id"] for a in resolved} == {drifted}, summary
     assert min(a["window_start"] for a in resolved) >= drift_until - window_ms, summary
     assert all(a["link"].startswith(settings.monitor_dashboard_url) for a in alerts)
+
+
+def _all_windows(settings: Settings, stores: list[str]) -> dict[tuple[str, str, int], Any]:
+    result = MonitorStore.from_settings(settings)
+    result.setup()
+    try:
+        return {
+            (store, monitor, int(row["window_start"])): row
+            for store in stores
+            for monitor in ("orders",)
+            for row in result.drift_series(store, monitor)
+        }
+    finally:
+        result.close()
+
+
+def _run_until(settings: Settings, store: str, last_window: int) -> Any:
+    def done() -> bool:
+        rows = _all_windows(settings, [store])
+        return bool(rows) and max(ws for _, _, ws in rows) >= last_window
+
+    return done
+
+
+def test_kill_9_mid_run_then_restart_gives_the_windows_of_an_uninterrupted_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = monitor_settings(settings)
+    live = train_and_produce_live(
+        settings,
+        world(
+            drift_store="store-002",
+            drift_from_ms=LIVE_MS + 8 * DAY_MS,
+            drift_until_ms=LIVE_MS + 30 * DAY_MS,
+            drift_price_factor=3.0,
+        ),
+    )
+    stores = sorted({e.record["store_id"] for e in live})
+    last_window = LIVE_MS + 26 * DAY_MS
+    first, rest = live[: len(live) * 6 // 10], live[len(live) * 6 // 10 :]
+
+    # an uninterrupted run
+    calm = settings.model_copy(
+        update={
+            "monitor_app_id": f"{settings.monitor_app_id}-calm",
+            "redis_prefix": f"{settings.redis_prefix}:calm",
+        }
+    )
+    worker = start_monitor(calm, tmp_path / "calm.log")
+    try:
+        produce_live(settings, live)
+        wait_for(_run_until(calm, "store-001", last_window), 180, "the uninterrupted run")
+    finally:
+        worker.stop()
+    expected = _all_windows(calm, stores)
+    assert len(expected) >= 4 * 10
+
+    # the same input, with a kill -9 while the worker is busy, then a restart
+    crash = settings.model_copy(
+        update={
+            "monitor_app_id": f"{settings.monitor_app_id}-crash",
+            "redis_prefix": f"{settings.redis_prefix}:crash",
+            "topic_orders": f"{settings.topic_orders}-2",
+            "topic_products": f"{settings.topic_products}-2",
+        }
+    )
+    ensure_topics(crash.kafka_config(), crash.topics, 3)
+    worker = start_monitor(crash, tmp_path / "crash-1.log")
+    try:
+        produce_live(crash, first)
+        wait_for(lambda: len(_all_windows(crash, stores)) >= 4 * 3, 120, "a few windows")
+        produce_live(crash, rest)
+        worker.kill()
+    finally:
+        worker.stop()
+    before = _all_windows(crash, stores)
+    assert len(before) < len(expected), "the kill came after the last window"
+    worker = start_monitor(crash, tmp_path / "crash-2.log")
+    try:
+        wait_for(_run_until(crash, "store-001", last_window), 180, "the restarted run")
+    finally:
+        worker.stop()
+    got = _all_windows(crash, stores)
+    assert got.keys() == expected.keys()
+    assert got == expected
+    alerts = {a["alert_id"] for a in alerts_on_topic(crash) if a["status"] == "firing"}
+    assert any("store-002|orders" in a for a in alerts), alerts

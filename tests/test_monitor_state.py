@@ -495,10 +495,10 @@ def test_refutations_of_an_idle_partition_do_not_reopen_closed_windows() -> None
     assert "0|c|s1|a" not in table  # the expired prediction is gone all the same
 
 
-def test_a_refutation_belongs_to_the_record_whose_watermark_passed_the_horizon() -> None:
-    """Customer a's prediction expires when b's record moves the watermark past its horizon; a's
-    next profile (an order dated inside the horizon, published later) must then find nothing to
-    confirm, whether or not it came in the same batch as b's record."""
+def test_a_refutation_waits_for_the_grace_and_belongs_to_the_record_that_passed_it() -> None:
+    """Customer a's prediction is not refuted while a profile up to ``grace`` late may still
+    confirm it; once b's record moves the watermark past horizon + grace it is refuted, and a's
+    next profile then finds nothing to confirm, whatever the batch boundaries."""
     base = customer_profiles(9, 1)[0]
 
     def profile(customer: str, version: int, t: int, orders: int, ordered: int) -> Record:
@@ -507,21 +507,38 @@ def test_a_refutation_belongs_to_the_record_whose_watermark_passed_the_horizon()
         value.update(shadow=None, model={"name": "propensity", "version": "3", "scope": "store"})
         return Record(0, t, "s1", value)
 
-    stream = [
-        profile("a", 1, T0, 1, T0),
-        profile("b", 1, T0 + H + 100, 1, T0 + H + 100),
-        profile("a", 2, T0 + H + 150, 2, T0 + H - 50),
-        profile("b", 2, T0 + H + 200, 1, T0 + H + 100),
-    ]
-    records = [Record(i, r.event_time, r.store_id, r.value) for i, r in enumerate(stream)]
-    results = []
-    for sizes in ([1], [len(records)], [1, 3]):
-        table = run("customer", records, sizes)
-        q = gather(table, "q", known_windows(table, "q"))
-        results.append({slot: {s: c.to_list() for s, c in v.items()} for slot, v in q.items()})
-        assert table["0|c|s1|a"][1][-1] == 2  # a's newest profile waits
-    assert results[0] == results[1] == results[2]
-    ((slot, stores),) = results[0].items()
+    def outcomes(stream: list[Record]) -> dict[str, Any]:
+        records = [Record(i, r.event_time, r.store_id, r.value) for i, r in enumerate(stream)]
+        results = []
+        for sizes in ([1], [len(records)], [1, 3]):
+            table = run("customer", records, sizes)
+            q = gather(table, "q", known_windows(table, "q"))
+            results.append({slot: {s: c.to_list() for s, c in v.items()} for slot, v in q.items()})
+            assert table["0|c|s1|a"][1][-1] == 2  # a's newest profile waits
+        assert results[0] == results[1] == results[2]
+        return results[0]
+
+    # b moves the watermark past a's horizon, but not past horizon + grace: a is confirmed
+    ((slot, stores),) = outcomes(
+        [
+            profile("a", 1, T0, 1, T0),
+            profile("b", 1, T0 + H + 100, 1, T0 + H + 100),
+            profile("a", 2, T0 + H + 150, 2, T0 + H - 50),
+            profile("b", 2, T0 + H + 200, 1, T0 + H + 100),
+        ]
+    ).items()
+    t = T0 + H + 150
+    assert slot == f"{t - t % W}|champion|3" and stores["s1"][0] == 1
+    assert stores["s1"][2][0][1:] == [1, 0]  # a positive
+    # past horizon + grace: a is refuted by b's record, and its late order confirms nothing
+    ((slot, stores),) = outcomes(
+        [
+            profile("a", 1, T0, 1, T0),
+            profile("b", 1, T0 + H + G + 100, 1, T0 + H + G + 100),
+            profile("a", 2, T0 + H + G + 150, 2, T0 + H - 50),
+            profile("b", 2, T0 + H + G + 200, 1, T0 + H + G + 100),
+        ]
+    ).items()
     assert slot == f"{T0 + H - (T0 + H) % W}|champion|3" and stores["s1"][0] == 1  # refuted
     assert stores["s1"][2][0][1:] == [0, 1]  # a negative
 
@@ -534,7 +551,8 @@ def reference_outcomes(records: Sequence[Record]) -> pd.DataFrame:
     time of the records before it). Per customer, on-time profiles are considered in offset
     order; one prediction is pending at a time. Before each of the customer's profiles, the
     pending one is refuted (label 0, at its horizon's end) when the partition's watermark after
-    an earlier record passed ``event_time + horizon``. A profile at or below the pending one's
+    an earlier record passed ``event_time + horizon + grace`` (a profile up to grace late may
+    still confirm it). A profile at or below the pending one's
     profile_version changes nothing; a newer one whose order_count grew confirms it (label 1,
     counted at the confirming profile's event time) when its last order came within the
     horizon, else refutes it; a newer one without an order but dated after the horizon refutes
@@ -567,7 +585,7 @@ def reference_outcomes(records: Sequence[Record]) -> pd.DataFrame:
 
     def expired_at(pending: pd.Series) -> int | None:
         """Offset of the first record whose watermark passed the pending horizon."""
-        i = int(np.searchsorted(wm_after, pending.t + H, side="right"))
+        i = int(np.searchsorted(wm_after, pending.t + H + G, side="right"))
         return int(offsets[i]) if i < len(offsets) else None
 
     rows = []
@@ -690,10 +708,12 @@ def test_hit_at_k_equals_pandas() -> None:
 def test_closable_waits_for_every_partition_that_is_not_idle() -> None:
     clocks = {0: Clock(9, T0 + 10_000), 1: Clock(3, T0 + 3_000), 2: Clock()}
     known = [T0 + i * W for i in range(12)]
-    assert closable(clocks, [], W, G, None, known) == [T0, T0 + 1000]
-    assert closable(clocks, [1], W, G, None, known) == known[:9]  # T0+8000+1500 <= T0+10000
-    assert closable(clocks, [1], W, G, T0 + 5000, known) == known[5:9]
-    assert closable(clocks, [0, 1], W, G, None, known) == []  # no watermark left: nothing closes
+    # partition 2 has delivered nothing yet: it holds every window back until it is idle
+    assert closable(clocks, [], W, G, None, known) == []
+    assert closable(clocks, [2], W, G, None, known) == [T0, T0 + 1000]
+    assert closable(clocks, [1, 2], W, G, None, known) == known[:9]  # T0+8000+1500 <= T0+10000
+    assert closable(clocks, [1, 2], W, G, T0 + 5000, known) == known[5:9]
+    assert closable(clocks, [0, 1, 2], W, G, None, known) == []  # all idle: nothing closes
     assert closable({0: Clock(1, T0 + W + G - 1)}, [], W, G, None, known) == []
 
 
