@@ -311,9 +311,10 @@ class MonitorRuntime:
         ages: dict[str, float | None] = {}
         for topic in (s.topic_customer_profiles, s.topic_product_profiles):
             newest = self._newest.get(topic)
-            ages[topic] = None if newest is None else max(0.0, now - newest)
-            if ages[topic] is not None:
-                STALENESS.labels(topic).set(ages[topic])
+            ages[topic] = None
+            if newest is not None:
+                ages[topic] = age = max(0.0, now - newest)
+                STALENESS.labels(topic).set(age)
         lags: dict[str, int | None] = {}
         for topic in (s.topic_orders, s.topic_products):
             parts = [(t, p) for (t, p) in self._input_high if t == topic]
