@@ -19,6 +19,7 @@ from storeml.connectors.synthetic import GeneratorConfig, generate
 from storeml.schemas.codec import get_codec
 from storeml.settings import Settings
 from tests.monitor_worker import start_monitor, wait_for
+from tests.test_dashboard import browser, screenshot, wait_for_heading  # noqa: F401,F811
 
 DAY_MS = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -99,7 +100,10 @@ def _windows(store: MonitorStore, stores: list[str], monitor: str) -> dict[tuple
 
 
 def test_injected_drift_alerts_that_store_only_and_resolves(
-    settings: Settings, tmp_path: Path
+    settings: Settings,
+    tmp_path: Path,
+    api_server: Any,
+    browser: Any,  # noqa: F811
 ) -> None:
     settings = monitor_settings(settings)
     drifted = "store-001"
@@ -147,6 +151,26 @@ def test_injected_drift_alerts_that_store_only_and_resolves(
     assert {a["store_id"] for a in resolved} == {drifted}, summary
     assert min(a["window_start"] for a in resolved) >= drift_until - window_ms, summary
     assert all(a["link"].startswith(settings.monitor_dashboard_url) for a in alerts)
+
+    # the dashboard, over what this monitor wrote: the store's alert and its drift plot
+    from selenium.webdriver.common.by import By
+
+    server = api_server()
+    browser.get(f"{server.url}/dashboard")
+    browser.find_element(By.ID, "key").send_keys(server.admin_key)
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_for_heading(browser, "Monitoring overview")
+    recent = browser.find_element(By.ID, "recent-alerts").text
+    assert drifted in recent and "order_value_minor" in recent, recent
+    screenshot(browser, tmp_path, "monitor-drift-overview.png")
+    browser.get(f"{server.url}/dashboard/stores/{drifted}")
+    plots = [
+        p
+        for p in browser.find_elements(By.CSS_SELECTOR, "svg.plot")
+        if int(p.get_attribute("data-points") or 0) > 0
+    ]
+    assert plots, browser.page_source[:2000]
+    screenshot(browser, tmp_path, "monitor-drift-store.png")
 
 
 def _all_windows(settings: Settings, stores: list[str]) -> dict[tuple[str, str, int], Any]:
