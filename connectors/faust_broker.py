@@ -24,7 +24,13 @@ from typing import Any
 from storeml.connectors.kafka_admin import high_watermarks, watermark_method_for
 from storeml.errors import ConfigError
 
-__all__ = ["faust_options", "install_broker_quirks", "PartitionTable", "partition_key"]  # noqa: F822
+__all__ = [  # noqa: F822
+    "faust_options",
+    "install_broker_quirks",
+    "install_flush_fix",
+    "PartitionTable",
+    "partition_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,35 @@ def install_broker_quirks(settings: Any) -> None:
     driver.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
     _installed["patched"] = True
     log.info("tansu flavor: Faust reads high watermarks from fetch responses")
+
+
+def install_flush_fix() -> None:
+    """Make Faust's producer flush wait until its buffer is empty (every broker).
+
+    Table writes wait in Faust's producer buffer until a background task sends them. Before it
+    commits consumer offsets, Faust flushes that buffer, but its ``ProducerBuffer.flush`` gives up
+    as soon as no message was sent for 0.1 s, buffer not empty. On a busy machine a commit could
+    then run ahead of the changelog, and a ``kill -9`` lose table writes of committed records.
+    The replacement keeps waiting while messages are pending (and raises, as Faust does, when the
+    producer stopped).
+    """
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer.flush, "_storeml", False):
+        return
+
+    async def flush(self: Any) -> None:
+        while self.size:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+            except TimeoutError:
+                continue
+
+    flush._storeml = True  # type: ignore[attr-defined]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
 
 
 @functools.cache

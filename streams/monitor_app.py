@@ -24,7 +24,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from storeml.connectors.faust_broker import PartitionTable, faust_options, install_broker_quirks
+from storeml.connectors.faust_broker import (
+    PartitionTable,
+    faust_options,
+    install_broker_quirks,
+    install_flush_fix,
+)
 from storeml.errors import CodecError
 from storeml.models.monitor_ingest import (
     IngestConfig,
@@ -93,6 +98,7 @@ def build_app(
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     install_broker_quirks(settings)
+    install_flush_fix()
     app = faust.App(settings.monitor_app_id, **faust_options(settings))
     rt = runtime or MonitorRuntime(settings)
     rt.app = app
