@@ -99,6 +99,8 @@ class MonitorRuntime:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="monitor-io")
         self._newest: dict[str, float] = {}
         self._started = time.time()
+        self._scanned: dict[str, int] = {}
+        self._silent: tuple[int | None, list[str]] = (None, [])
         self._last_seen: dict[tuple[str, int], float] = {}
         self._input_high: dict[tuple[str, int], int] = {}
         self._published: dict[tuple[str, int], int] = {}
@@ -216,10 +218,20 @@ class MonitorRuntime:
             clocks = self._clocks(table)
             LATE.labels(kind).set(sum(c.late for c in clocks.values()))
             perf = {"customer": "q", "product": "k"}.get(kind)
+            idle = self._idle(self._topic(kind))
+            # Scanning the table for its windows costs O(keys): do it only when the watermark
+            # that decides closing has moved into a new window since the last scan.
+            marks = [c.watermark for p, c in clocks.items() if p not in idle]
+            if not marks or any(m is None for m in marks):
+                continue
+            boundary = (min(m for m in marks if m is not None) - self.grace_ms) // self.window_ms
+            if self._scanned.get(kind) == boundary:
+                continue
             known = known_windows(table, "w") | (known_windows(table, perf) if perf else set())
+            self._scanned[kind] = boundary
             windows = closable(
                 clocks,
-                self._idle(self._topic(kind)),
+                idle,
                 self.window_ms,
                 self.grace_ms,
                 self.evaluated.get(kind),
@@ -235,6 +247,7 @@ class MonitorRuntime:
             try:
                 await self._close(kind, drift, perf_counts, perf)
             except BaseException:
+                self._scanned.pop(kind, None)  # retry on the next tick
                 if previous is None:
                     self.evaluated.pop(kind, None)
                 else:
@@ -403,15 +416,21 @@ class MonitorRuntime:
         return sum(n for _, n in recent) / 10.0 if recent else 0.0
 
     def _silent_stores(self) -> list[str]:
-        """Stores whose newest input event is N windows behind the orders topic's watermark."""
+        """Stores whose newest input event is N windows behind the orders topic's watermark
+        (recomputed, with a table scan, only when that watermark enters a new window)."""
         table = self.tables["orders"]
         marks = [c.watermark for c in self._clocks(table).values() if c.watermark is not None]
         if not marks:
             return []
+        boundary = max(marks) // self.window_ms
+        if self._silent[0] == boundary:
+            return self._silent[1]
         limit = max(marks) - self.settings.monitor_silent_windows * self.window_ms
         newest: dict[str, int] = defaultdict(int)
         for key, value in list(table.items()):
             parts = key.split("|")
             if len(parts) == 3 and parts[1] == "w" and value:
                 newest[parts[2]] = max(newest[parts[2]], int(value[1]))
-        return sorted(st for st, t in newest.items() if t < limit)
+        silent = sorted(st for st, t in newest.items() if t < limit)
+        self._silent = (boundary, silent)
+        return silent
