@@ -166,23 +166,14 @@ class PartitionBatch:
         self, kind: str, store_id: str, slot: str, counts: np.ndarray, offset: int, *, t: int
     ) -> None:
         """Add ``counts`` to accumulator ``p|kind|store`` under ``slot`` (e.g. ``"<w>|<ver>"``)."""
-        key = f"{self.partition}|{kind}|{store_id}"
-        if not self._fresh(key, offset):
-            return
-        value = self._current(key)
-        if value is None:
-            value = [offset, t, {}]
-        elif key not in self._acc:
-            value = [value[0], value[1], dict(value[2])]
-        slots = value[2]
-        old = slots.get(slot)
         arr = np.asarray(counts)
-        if old is None:
-            slots[slot] = arr.tolist()
-        else:
-            slots[slot] = (np.asarray(old, dtype=arr.dtype) + arr).tolist()
-        value[1] = max(int(value[1]), int(t))
-        self._acc[key] = value
+
+        def add(old: Any | None) -> Any:
+            return (
+                arr.tolist() if old is None else (np.asarray(old, dtype=arr.dtype) + arr).tolist()
+            )
+
+        self.merge_into(kind, store_id, slot, offset, add, t=t)
 
     def merge_into(
         self,
