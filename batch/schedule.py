@@ -23,6 +23,11 @@ The rules live in :class:`Scheduler`, which takes a clock so they are tested wit
 
 Runs go on in their own threads (one Spark session is shared: Spark takes jobs from several
 threads), so a long run of one package never delays another package's schedule.
+
+An outside scheduler (Airflow: ``storeml schedule airflow``) runs one job once per due time with
+:func:`run_job_once` (``storeml schedule run-job``), under the same lock files; a run of one
+store group of a package holds the package's lock shared (groups run side by side, never with a
+whole-package run) and its group's own lock exclusively.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from storeml.settings import Settings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from storeml.batch.transform import StoreGroup
     from storeml.models.package import ModelPackage
 
 __all__ = [
@@ -63,6 +69,8 @@ __all__ = [
     "load_packages",
     "PackageJob",
     "package_jobs",
+    "find_job",
+    "run_job_once",
 ]
 
 log = logging.getLogger("storeml.schedule")
@@ -134,17 +142,22 @@ class JobLock:
         self.path = folder / f"{quote(job, safe='')}.lock"
         self._fd: int | None = None
 
-    def acquire(self, due: datetime) -> bool:
-        """Take the lock; False (immediately) when another run holds it."""
+    def acquire(self, due: datetime, *, shared: bool = False) -> bool:
+        """Take the lock; False (immediately) when another run holds it.
+
+        A ``shared`` lock (held by the runs of a package's store groups) admits other shared
+        holders and keeps out the exclusive ones; its holders leave the file's text alone.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} pid {os.getpid()} due {_show(due)}\n".encode())
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{socket.gethostname()} pid {os.getpid()} due {_show(due)}\n".encode())
         self._fd = fd
         return True
 
@@ -442,7 +455,8 @@ class PackageJob:
     when the first run is due). The profiles are the stream's latest, read from its state (the
     cost of the state, not of the history); with ``recompute`` they are rebuilt from history
     as of the due time instead, read from ``source`` ("lake" or "topic"). ``scratch`` holds each
-    run's profiles until the run ends; it must be reachable by every executor.
+    run's profiles until the run ends; it must be reachable by every executor. With
+    ``store_group`` only that group's stores are scored and replaced (batch/transform.py).
     """
 
     def __init__(
@@ -455,8 +469,10 @@ class PackageJob:
         scratch: str | Path,
         source: Literal["lake", "topic"] = "lake",
         recompute: bool = False,
+        store_group: StoreGroup | None = None,
     ) -> None:
         self.package = package
+        self.store_group = store_group
         self.recompute = recompute
         self.settings = settings
         self.spark = spark
@@ -496,13 +512,15 @@ class PackageJob:
                 alias=self.settings.serving_alias,
                 output=self.output,
                 run_date=due.date(),
+                store_group=self.store_group,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        group = f" (store group {summary.store_group})" if summary.store_group else ""
         return RunOutcome(
             summary.rows,
             f"{summary.stores:,} stores, {summary.model} version {summary.version}"
-            f" -> {summary.partition}",
+            f" -> {summary.partition}{group}",
         )
 
 
@@ -540,3 +558,72 @@ def package_jobs(
             )
         )
     return jobs
+
+
+def find_job(folder: str | Path, name: str) -> ModelPackage:
+    """The valid package named ``name`` under ``folder``, with a schedule or not.
+
+    Other packages' problems do not matter (one client's broken package fails only its own
+    job); ConfigError when no valid package has that name, listing the invalid ones.
+    """
+    found = find_packages(folder)
+    for _, item in found:
+        if not isinstance(item, ConfigError) and item.name == name:
+            return item
+    names = sorted(item.name for _, item in found if not isinstance(item, ConfigError))
+    invalid = [f"{path}: {item}" for path, item in found if isinstance(item, ConfigError)]
+    raise ConfigError(
+        f"no valid model package named {name!r} under {folder} (packages there:"
+        f" {', '.join(names) or 'none'})"
+        + ("; invalid packages, one of which may be it:\n" + "\n".join(invalid) if invalid else "")
+    )
+
+
+def run_job_once(action: PackageJob, due: datetime, lock_dir: str | Path | None) -> RunRecord:
+    """Run one package's job once for ``due``, logged as :class:`Scheduler` logs its runs.
+
+    Takes the job's lock file (exclusive; shared plus the group's own for a store group):
+    status "skipped" when another run holds it, "failed" with the error when the run raised.
+    """
+    name = action.package.name
+    group = action.store_group
+    label = name if group is None else f"{name} (store group {group.label})"
+    locks: list[JobLock] = []
+    wanted = [(name, False)] if group is None else [(name, True), (f"{name}@{group.label}", False)]
+    try:
+        for lock_name, shared in wanted if lock_dir is not None else []:
+            lock = JobLock(Path(str(lock_dir)), lock_name)
+            if not lock.acquire(due, shared=shared):
+                why = f"another run holds its lock {lock.path} ({lock.holder() or 'a store group'})"
+                log.warning("run %s due %s: SKIPPED, %s", label, _show(due), why)
+                return RunRecord(name, due, "skipped", detail=why)
+            locks.append(lock)
+        log.info("run %s due %s: started", label, _show(due))
+        started = time.perf_counter()
+        try:
+            outcome = action(due)
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            detail = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "run %s due %s: FAILED after %.1fs: %s",
+                label,
+                _show(due),
+                seconds,
+                detail,
+                exc_info=not isinstance(exc, StoremlError),
+            )
+            return RunRecord(name, due, "failed", seconds, detail=detail)
+        seconds = time.perf_counter() - started
+        log.info(
+            "run %s due %s: ok, %s rows in %.1fs (%s)",
+            label,
+            _show(due),
+            f"{outcome.rows:,}",
+            seconds,
+            outcome.detail,
+        )
+        return RunRecord(name, due, "ok", seconds, outcome.rows, outcome.detail)
+    finally:
+        for lock in reversed(locks):
+            lock.release()

@@ -24,6 +24,13 @@ Wiring only; the scoring is the stream's (``models/serving.py``)::
   and never leaves a store of the earlier run behind. Readers skip ``_``-prefixed folders. Two
   runs writing the same date at once are not supported (the scheduler's lock files prevent it);
   a crash between the two renames leaves the old partition under ``_staging/``.
+* A run of one **store group** (``store_group``: the stores whose CRC-32 bucket of ``n`` is
+  ``k - 1``, the state buckets of :func:`storeml.models.events.bucket_of`) scores only that
+  group's stores and replaces only that group's ``store_id=`` folders of the date (each by the
+  same two renames; a store of the group that is gone is removed): the other groups' folders are
+  left as they are, so the ``n`` groups together give the rows of one ungrouped run. Groups of
+  one date may run at once; an ungrouped run of the date must not run with them (the lock files
+  of ``storeml schedule run-job`` see to it).
 
 The input's profile fields are what the models read (``models/features.py``); other columns are
 ignored, and served fields already present (``propensity``, ``model``, ``shadow``, e.g. in a
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
     from storeml.connectors.mlflow_registry import ModelHandle
 
 __all__ = [
+    "StoreGroup",
     "TransformSummary",
     "batch_transform",
     "KEYS",
@@ -82,6 +90,38 @@ def output_schema(kind: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class StoreGroup:
+    """Group ``index`` (1..``count``) of a package's stores, by the stores' CRC-32 bucket."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ConfigError(
+                f"store group {self.index}/{self.count} does not exist; write K/N with"
+                " 1 <= K <= N, e.g. 1/4"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> StoreGroup:
+        """``"K/N"`` (group K of N)."""
+        index, slash, count = text.strip().partition("/")
+        if not (slash and index.isdigit() and count.isdigit()):
+            raise ConfigError(f"store group {text!r} is not K/N; write e.g. 2/4 (group 2 of 4)")
+        return cls(int(index), int(count))
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def contains(self, store_id: str) -> bool:
+        from storeml.models.events import bucket_of
+
+        return bucket_of(store_id, self.count) == self.index - 1
+
+
 @dataclass
 class TransformSummary:
     """What one batch transform wrote (counted from the written files)."""
@@ -97,10 +137,11 @@ class TransformSummary:
     seconds: float
     scopes: dict[str, int] = field(default_factory=dict)
     max_chunk_rows: int = 0  # the most rows one scoring call held
+    store_group: str = ""  # "K/N" when one store group was scored
 
     @property
     def partition(self) -> str:
-        """The ``date=`` folder this run wrote (replaced as a whole)."""
+        """The ``date=`` folder this run wrote (replaced as a whole, or its group's stores)."""
         return f"{self.output.rstrip('/')}/date={self.run_date}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -114,6 +155,7 @@ class TransformSummary:
             f" {self.model} version {self.version} (@{self.alias}) in {self.seconds:.1f}s"
             f" (scope: {scopes or 'no rows'})\n"
             f"written to {self.partition}"
+            + (f" (store group {self.store_group})" if self.store_group else "")
         )
 
 
@@ -276,6 +318,7 @@ def batch_transform(
     output: str | Path,
     run_date: date | str | None = None,
     buckets: int | None = None,
+    store_group: StoreGroup | None = None,
 ) -> TransformSummary:
     """Score ``entities`` with ``model_name@alias`` and write them under ``output``; see the module.
 
@@ -285,7 +328,8 @@ def batch_transform(
     a recompute's ``--output`` is read from its ``<kind>/`` folder). ``run_date`` (default: today,
     UTC) names the ``date=`` partition, which is replaced as a whole. ``buckets`` (default: the
     shuffle partitions) is the number of scoring tasks; each scores ``task_chunk_rows`` rows at a
-    time.
+    time. With ``store_group`` only that group's stores are scored, and only their folders of
+    the date are replaced (see the module).
 
     Raises :class:`ModelError` when the model, alias or version does not exist (naming what
     does) or scoring fails, :class:`ConfigError` for an input without the key columns or with
@@ -307,6 +351,9 @@ def batch_transform(
     inputs = _check_columns(frame, kind, label)
     key = KEYS[kind]
     frame = frame.select(*inputs)
+    if store_group is not None:  # the same CRC-32 buckets as storeml.models.events.bucket_of
+        bucket = F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(store_group.count))
+        frame = frame.where(bucket == store_group.index - 1)
     if frame.where(F.col("store_id").isNull() | F.col(key).isNull()).limit(1).count():
         raise ConfigError(
             f"{label} has rows with a null store_id or {key}; predictions are stored by store and"
@@ -346,7 +393,10 @@ def batch_transform(
         written = spark.read.schema(output_schema(kind)).parquet(staging)
         counts = written.groupBy("model.scope").agg(F.count("*").alias("rows")).collect()
         stores = written.select("store_id").distinct().count()
-        files.swap(staging, f"{root}/date={day}")
+        if store_group is None:
+            files.swap(staging, f"{root}/date={day}")
+        else:
+            files.swap_stores(staging, f"{root}/date={day}", store_group)
     except (PySparkException, Py4JError) as exc:
         files.delete(staging)
         message = _executor_error(exc)
@@ -373,6 +423,7 @@ def batch_transform(
         seconds=time.perf_counter() - started,
         scopes={str(row["scope"]): int(row["rows"]) for row in counts},
         max_chunk_rows=int(largest.value),
+        store_group=store_group.label if store_group is not None else "",
     )
 
 
@@ -417,12 +468,48 @@ class _HadoopFiles:
                 " move it back by hand, or re-run"
             )
         fs.delete(old, True)
-        parent = source.getParent()
+        self._drop_if_empty(fs, source.getParent())
+
+    @staticmethod
+    def _drop_if_empty(fs: Any, folder: Any) -> None:
         try:
-            if len(fs.listStatus(parent)) == 0:
-                fs.delete(parent, False)
+            if len(fs.listStatus(folder)) == 0:
+                fs.delete(folder, False)
         except Exception:  # another run may be writing there: leave the folder
             pass
+
+    def swap_stores(self, staging: str, final: str, group: StoreGroup) -> None:
+        """Put each ``store_id=`` folder of ``staging`` into ``final``, replacing the group's.
+
+        Folders of ``final`` whose store is in ``group`` but not in ``staging`` are deleted;
+        every other folder of ``final`` is left alone. ``staging`` is deleted at the end.
+        """
+        fs, source = self._fs(staging)
+        _, target = self._fs(final)
+        written = {
+            status.getPath().getName()
+            for status in fs.listStatus(source)
+            if status.isDirectory() and _store_of(status.getPath().getName()) is not None
+        }
+        if not fs.exists(target) and not fs.mkdirs(target):
+            raise ConnectorError(f"cannot create {final}; check permissions on the output folder")
+        for status in fs.listStatus(target):
+            name = status.getPath().getName()
+            store = _store_of(name)
+            if store is not None and name not in written and group.contains(store):
+                fs.delete(status.getPath(), True)  # a store of this group that is gone
+        for name in sorted(written):
+            self.swap(f"{staging}/{name}", f"{final}/{name}")
+        fs.delete(source, True)
+        self._drop_if_empty(fs, source.getParent())
+
+
+def _store_of(folder_name: str) -> str | None:
+    """The store id of a ``store_id=<escaped id>`` folder (Hive escapes characters as %XX)."""
+    from urllib.parse import unquote
+
+    prefix = "store_id="
+    return unquote(folder_name[len(prefix) :]) if folder_name.startswith(prefix) else None
 
 
 def read_predictions(path: str | Path, kind: str) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from storeml.cli_batch import batch_transform_cmd, lake, recompute_cmd, schedule
 from storeml.cli_common import settings_of
 from storeml.cli_models import models
 from storeml.cli_monitor import monitor_group
+from storeml.cli_schedule import schedule_airflow_cmd, schedule_run_job_cmd
 from storeml.cli_segments import segments
 from storeml.cli_serve import keys_group, serve_cmd
 from storeml.errors import StoremlError
@@ -501,6 +502,8 @@ main.add_command(monitor_group)
 main.add_command(recompute_cmd)
 main.add_command(batch_transform_cmd)
 main.add_command(schedule_group)
+schedule_group.add_command(schedule_airflow_cmd)
+schedule_group.add_command(schedule_run_job_cmd)
 main.add_command(lake)
 main.add_command(serve_cmd)
 main.add_command(keys_group)
