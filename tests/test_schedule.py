@@ -423,3 +423,114 @@ def test_schedule_run_fires_a_package_job_end_to_end(
     assert written["propensity"].notna().all()
     work = settings.home / "schedule" / "work"
     assert not work.exists() or not any(work.iterdir())  # the scratch profiles are gone
+
+
+# --- run-job and store groups (what the Airflow DAGs run) -------------------------------------------
+def test_store_group_locks_are_shared_with_each_other_and_exclusive_with_a_whole_run(
+    tmp_path: Path,
+) -> None:
+    group_1, group_2, whole = (JobLock(tmp_path, "job") for _ in range(3))
+    assert group_1.acquire(T0, shared=True) and group_2.acquire(T0, shared=True)
+    assert not whole.acquire(T0)  # a whole-package run (schedule run) waits for the groups
+    group_1.release()
+    assert not whole.acquire(T0)
+    group_2.release()
+    assert whole.acquire(T0)
+    assert not group_1.acquire(T0, shared=True)  # and the groups for it
+    whole.release()
+
+
+def test_run_job_finds_its_package_and_skips_a_locked_job(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from storeml.batch.schedule import find_job
+    from storeml.cli_schedule import EXIT_LOCKED
+
+    folder = tmp_path / "packages"
+    _package(folder / "customers", "customer_propensity")
+    _package(folder / "broken", "customer_propensity", **{"prediction.schedule": "0 25 * * *"})
+    # the broken package next to it does not matter
+    assert find_job(folder, "customer-propensity").name == "customer-propensity"
+    with pytest.raises(ConfigError, match=r"(?s)no valid model package named 'nope'.*broken"):
+        find_job(folder, "nope")
+
+    locks = tmp_path / "locks"
+    args = ["schedule", "run-job", "--packages", str(folder / "customers")]
+    args += ["--job", "customer-propensity", "--due", "2024-05-01T03:00:00Z"]
+    args += ["--lock-dir", str(locks)]
+    runner = CliRunner()
+    unknown = runner.invoke(main, [*args[:4], "--job", "nope", "--due", "2024-05-01"])
+    assert unknown.exit_code == 1 and "no valid model package named 'nope'" in unknown.output
+    held = JobLock(locks, "customer-propensity")
+    assert held.acquire(T0)  # as `schedule run` holds it while it runs the job
+    try:
+        whole = runner.invoke(main, args)
+        group = runner.invoke(main, [*args, "--store-group", "2/3"])
+    finally:
+        held.release()
+    for result in (whole, group):
+        assert result.exit_code == EXIT_LOCKED, result.output
+        assert "run-job customer-propensity due 2024-05-01 03:00:00Z: SKIPPED" in result.output
+        assert f"another run holds its lock {held.path}" in result.output
+    bad = runner.invoke(main, [*args, "--store-group", "4/3"])
+    assert bad.exit_code == 1 and "store group 4/3 does not exist" in bad.output
+
+
+def test_store_groups_together_give_the_rows_of_one_ungrouped_run(
+    settings: Settings, spark: Any, unique: str, tmp_path: Path
+) -> None:
+    """Each group scores only its stores and replaces only their folders of the date."""
+    from storeml.batch.history import synthetic_facts
+    from storeml.batch.train import train_package
+    from storeml.batch.transform import StoreGroup, batch_transform, read_predictions
+    from storeml.models.events import bucket_of
+    from tests.test_models import _facts, _profiles
+
+    name = f"test-{unique}-grouped"
+    package = _package(tmp_path / "package", "customer_propensity", **{"model.name": name})
+    history, cutoff = synthetic_facts(stores=6, events=4_000, seed=41)
+    train_package(settings, package, history, cutoff, alias="champion")
+    customers, _ = _profiles(_facts(stores=6, events=3_000, seed=42)[0])
+    customers = customers.drop(columns=["source"])
+    groups = [StoreGroup(1, 2), StoreGroup(2, 2)]
+    by_group = {g.index: {s for s in customers["store_id"] if g.contains(s)} for g in groups}
+    assert by_group[1] and by_group[2], by_group  # six stores fall in both groups
+    assert all(bucket_of(s, 2) == g - 1 for g, stores in by_group.items() for s in stores)
+
+    def run(output: Path, group: StoreGroup | None) -> Any:
+        return batch_transform(
+            spark, settings, customers, kind="customer", model_name=name, output=output,
+            run_date="2024-05-01", store_group=group,
+        )  # fmt: skip
+
+    whole = run(tmp_path / "whole", None)
+    grouped = tmp_path / "grouped"
+    day = grouped / "date=2024-05-01"
+    # an earlier run's stores that are gone now, one in each group
+    gone = {
+        g.index: next(f"gone-{i}" for i in range(99) if g.contains(f"gone-{i}")) for g in groups
+    }
+    for store in gone.values():
+        (day / f"store_id={store}").mkdir(parents=True)
+        (day / f"store_id={store}" / "part-0.parquet").write_bytes(b"")
+
+    first = run(grouped, groups[0])
+    assert first.store_group == "1/2" and first.stores == len(by_group[1])
+    present = {p.name.removeprefix("store_id=") for p in day.iterdir()}
+    # group 2's folders are untouched, group 1's gone store is removed
+    assert present == by_group[1] | {gone[2]}
+    second = run(grouped, groups[1])
+    assert {p.name.removeprefix("store_id=") for p in day.iterdir()} == by_group[1] | by_group[2]
+    assert first.rows + second.rows == whole.rows == len(customers)
+
+    def rows(folder: Path) -> list[tuple[str, str, float, str]]:
+        frame = read_predictions(folder, "customer")
+        return sorted(
+            zip(
+                frame["store_id"], frame["customer_id"], frame["propensity"].round(12),
+                frame["model"].map(lambda m: m["scope"]), strict=True,
+            )
+        )  # fmt: skip
+
+    assert rows(day) == rows(tmp_path / "whole" / "date=2024-05-01")
+    assert not (grouped / "_staging").exists() or not any((grouped / "_staging").iterdir())
