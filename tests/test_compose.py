@@ -180,3 +180,116 @@ def test_mlflow_runs_behind_basic_auth(compose: dict[str, Any]) -> None:
     assert stream_env["STOREML_MLFLOW_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
     assert stream_env["STOREML_MLFLOW_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
     assert "Flask-WTF" in (ROOT / "docker" / "mlflow" / "Dockerfile").read_text()
+
+
+# --- the optional Airflow profile (docs/airflow.md) --------------------------------------------
+AIRFLOW_SERVICES = {
+    "airflow-db",
+    "airflow-init",
+    "airflow-dags",
+    "airflow-apiserver",
+    "airflow-dag-processor",
+    "airflow-scheduler",
+}
+
+
+def _target_and_source(volume: str) -> tuple[str, str]:
+    """``SOURCE:TARGET[:ro]`` (the source may be ``${VAR:-default}``) as (target, source)."""
+    body = volume.removesuffix(":ro")
+    source, _, target = body.rpartition(":")
+    return target, source
+
+
+def test_airflow_services_run_only_in_their_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    profiled = {name for name, service in services.items() if "profiles" in service}
+    assert profiled == AIRFLOW_SERVICES  # a plain `docker compose up` starts none of them
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["profiles"] == ["airflow"], name
+        for needed in services[name].get("depends_on", {}):  # nothing waits on a missing service
+            assert needed in services, (name, needed)
+
+
+def test_airflow_image_keeps_storeml_in_its_own_venv_at_the_tested_release(
+    compose: dict[str, Any],
+) -> None:
+    from tests.airflow_env import AIRFLOW_VERSION
+
+    scheduler = compose["services"]["airflow-scheduler"]
+    assert scheduler["build"]["dockerfile"] == "docker/airflow.Dockerfile"
+    assert scheduler["build"]["args"]["AIRFLOW_VERSION"] == AIRFLOW_VERSION
+    assert scheduler["image"].endswith(f":{AIRFLOW_VERSION}")
+    dockerfile = (ROOT / "docker" / "airflow.Dockerfile").read_text()
+    assert f"ARG AIRFLOW_VERSION={AIRFLOW_VERSION}" in dockerfile
+    assert "FROM apache/airflow:${AIRFLOW_VERSION}" in dockerfile
+    assert "python -m venv /opt/storeml" in dockerfile
+    assert "-r /tmp/storeml/requirements.lock" in dockerfile  # storeml's lock, in that venv only
+    assert "openjdk-17-jre-headless" in dockerfile  # the tasks run Spark
+    # the compose services run as the stream image's user, to share its volume
+    uid = next(
+        line.split("--uid ")[1].split()[0]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if "--uid " in line
+    )
+    assert scheduler["user"] == f"{uid}:0"
+
+
+def test_airflow_components_share_one_configuration(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    components = [n for n in AIRFLOW_SERVICES if n != "airflow-db"]
+    envs = {name: services[name]["environment"] for name in components}
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+    ):
+        assert len({env[key] for env in envs.values()}) == 1, key
+    env = envs["airflow-scheduler"]
+    assert "@airflow-db:5432/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]  # its own database
+    api = env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+    assert api == "http://airflow-apiserver:8080/execution/"
+    assert "127.0.0.1:8080:8080" in services["airflow-apiserver"]["ports"]
+    init = " ".join(services["airflow-init"]["command"])
+    assert "AIRFLOW__API_AUTH__JWT_SECRET" in init and "airflow db migrate" in init
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"):
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert "healthcheck" in services[name], name
+
+
+def test_airflow_tasks_get_storeml_rendered_dags_and_the_stream_settings(
+    compose: dict[str, Any],
+) -> None:
+    from storeml.settings import Settings
+
+    services = compose["services"]
+    dags_folder = services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"]
+    render = services["airflow-dags"]
+    assert render["entrypoint"] == ["/opt/storeml/bin/storeml"]
+    args = dict(a.split("=", 1) for a in render["command"] if a.startswith("--"))
+    assert args["--storeml-bin"] == "/opt/storeml/bin/storeml"
+    assert args["--out"].startswith(dags_folder + "/")
+    mounts = {
+        name: dict(_target_and_source(v) for v in services[name]["volumes"])
+        for name in ("airflow-dags", "airflow-scheduler", "airflow-dag-processor")
+    }
+    for name in ("airflow-scheduler", "airflow-dag-processor"):  # they read what was rendered
+        for folder in (dags_folder, "/opt/storeml/packages"):
+            assert mounts[name][folder] == mounts["airflow-dags"][folder], (name, folder)
+    assert mounts["airflow-dags"][dags_folder] in compose["volumes"]
+    # the tasks (LocalExecutor: in the scheduler) see what the stream sees
+    stream = services["stream"]
+    env = services["airflow-scheduler"]["environment"]
+    for key in stream["environment"]:
+        assert env[key] == stream["environment"][key], key
+    for key in env:
+        if key.startswith("STOREML_"):  # a typo would fail every task at start-up
+            assert key.removeprefix("STOREML_").lower() in Settings.model_fields, key
+    state = next(v for v in stream["volumes"] if v.endswith(":/var/lib/storeml"))
+    assert state in services["airflow-scheduler"]["volumes"]
+    assert services["airflow-dag-processor"]["depends_on"]["airflow-dags"]["condition"] == (
+        "service_completed_successfully"
+    )
