@@ -141,11 +141,13 @@ def schedule_airflow_cmd(
         command += ["--store-groups", value]
     command += ["--retries", str(retries), "--retry-delay", f"{retry_delay:g}"]
     command += ["--storeml-bin", storeml_bin]
-    for flag, value in (("--packages-path", packages_path), ("--output", output)):
-        if value:
-            command += [flag, value]
-    if lock_dir:
-        command += ["--lock-dir", lock_dir]
+    for flag, given in (
+        ("--packages-path", packages_path),
+        ("--output", output),
+        ("--lock-dir", lock_dir),
+    ):
+        if given:
+            command += [flag, given]
     if recompute:
         command += ["--recompute", f"--from-{source}"]
     options = DagOptions(
