@@ -114,7 +114,7 @@ def test_cron_seconds_field_is_optional_and_five_fields_fire_at_second_zero() ->
     assert parse_cron("30 15 3 * * mon").next_after(datetime(2024, 5, 1)) == datetime(
         2024, 5, 6, 3, 15, 30
     )
-    with pytest.raises(ConfigError, match="second value 61 is out of range 0-59"):
+    with pytest.raises(ConfigError, match=r"the second field '61' is refused by croniter: .*0-59"):
         parse_cron("61 * * * * *")
     with pytest.raises(ConfigError, match="has 7 fields"):
         parse_cron("0 0 0 * * * *")
