@@ -594,7 +594,7 @@ def run_job_once(action: PackageJob, due: datetime, lock_dir: str | Path | None)
         for lock_name, shared in wanted if lock_dir is not None else []:
             lock = JobLock(Path(str(lock_dir)), lock_name)
             if not lock.acquire(due, shared=shared):
-                why = f"another run holds its lock {lock.path} ({lock.holder() or 'a store group'})"
+                why = f"another run holds its lock {lock.path} ({lock.holder() or 'unknown'})"
                 log.warning("run %s due %s: SKIPPED, %s", label, _show(due), why)
                 return RunRecord(name, due, "skipped", detail=why)
             locks.append(lock)

@@ -294,6 +294,8 @@ def test_airflow_dags_test_runs_a_package_dag_against_the_stack(
         str(output),
         "--recompute",
         "--from-lake",
+        "--retries",
+        "0",  # a failure fails the test at once, not after the retry delays
     )
     assert rendered.exit_code == 0, rendered.output
     dag_id = f"storeml_test_{unique}_propensity"
