@@ -110,14 +110,24 @@ def dag_id(name: str, group: int = 1, groups: int = 1) -> str:
     return base if groups == 1 else f"{base}_group_{group}_of_{groups}"
 
 
-def airflow_cron(package: ModelPackage) -> str:
-    """The package's schedule as Airflow takes it: five fields, macros expanded.
+def _covers_all(text: str, index: int, values: range) -> bool:
+    """Whether day field ``index`` (2: of month, 4: of week) of a five-field ``text`` is every day."""
+    from croniter import croniter
 
-    Airflow reads cron with croniter, as storeml does: the text given is the one storeml hands
-    croniter (its Vixie-cron rewrites applied). ConfigError, naming the package's config file,
-    for a six-field (seconds) expression, and for a day of month and day of week of which one
-    starts with ``*`` but is not ``*`` (``*/2`` with ``mon``): Vixie cron, and storeml, AND the
-    two, while Airflow's croniter ORs them.
+    expanded = croniter.expand(text)[0][index]
+    return "*" in expanded or set(values) <= {v % 7 if index == 4 else v for v in expanded}
+
+
+def airflow_cron(package: ModelPackage) -> str:
+    """The package's schedule as one five-field expression that Airflow reads as storeml does.
+
+    Airflow computes cron times with croniter, which ORs the day of month and the day of week
+    whenever it sees neither as ``*``; storeml follows Vixie cron (OR only when neither field
+    starts with ``*``). The expression is built from the ones storeml hands croniter (its
+    Vixie-cron rewrites applied, macros expanded, ``?`` written ``*``): for an OR, both day
+    fields, or ``*`` for both when one of them covers every day (croniter would AND a full
+    list). ConfigError, naming the package's config file, for a six-field (seconds) expression,
+    and for an AND of two restricted day fields (``0 3 */2 * mon``), which croniter would OR.
     """
     from storeml.models.package import CONFIG_FILE
 
@@ -126,23 +136,32 @@ def airflow_cron(package: ModelPackage) -> str:
     if not expression:
         raise ConfigError(f"{where}: package {package.name} has no prediction.schedule")
     schedule = parse_cron(expression)  # raises on an invalid one (load_package checked it)
-    text = str(getattr(schedule, "croniter_expression", schedule.expression))
-    text = _MACROS.get(text.lower(), text)
-    fields = text.split(" ")
-    if len(fields) != 5:
+    texts = [_MACROS.get(t.lower(), t) for t in schedule.croniter_expressions]
+    fields = texts[0].split(" ")
+    if schedule.seconds_first or len(fields) != 5:
         raise ConfigError(
             f"{where}: prediction.schedule {expression!r} has a seconds field; Airflow schedules"
             " take five fields (minute hour day-of-month month day-of-week): write e.g."
             " '* * * * *' for every minute, or leave this package to `storeml schedule run`"
         )
+    fields = ["*" if f == "?" else f for f in fields]
+    if len(texts) == 2:  # storeml ORs the days: its two expressions hold one day field each
+        fields[4] = texts[1].split(" ")[4]
+        text = " ".join(fields)
+        if _covers_all(text, 2, range(1, 32)) or _covers_all(text, 4, range(7)):
+            fields[2] = fields[4] = "*"
+        return " ".join(fields)
+    for index, values in ((2, range(1, 32)), (4, range(7))):
+        if fields[index] != "*" and _covers_all(" ".join(fields), index, values):
+            fields[index] = "*"  # '*/1' and the like: every day, as croniter may not see it
     day, weekday = fields[2], fields[4]
-    if "*" not in (day, weekday) and (day.startswith("*") or weekday.startswith("*")):
+    if day != "*" and weekday != "*":
         raise ConfigError(
             f"{where}: prediction.schedule {expression!r} restricts the day of month and the day"
             f" of week with a '*' step ({day!r}, {weekday!r}): storeml runs on days matching both,"
             " Airflow's croniter on days matching either; restrict only one of the two"
         )
-    return text
+    return " ".join(fields)
 
 
 def _groups_of(package: ModelPackage, options: DagOptions) -> int:

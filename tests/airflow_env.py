@@ -138,7 +138,7 @@ for dag_id, dag in bag.dags.items():
         "timetable": type(timetable).__name__,
         "expression": expression,
         "timezone": str(getattr(timetable, "timezone", None) or getattr(timetable, "_timezone")),
-        "next_runs": [runs.get_next(datetime).isoformat() for _ in range(3)] if runs else [],
+        "next_runs": [runs.get_next(datetime).isoformat() for _ in range(12)] if runs else [],
         "catchup": dag.catchup,
         "max_active_runs": dag.max_active_runs,
         "tags": sorted(dag.tags),
@@ -162,7 +162,7 @@ with open(sys.argv[2], "w") as out:
 
 def load_dagbag(venv: Path, dags: Path, home: Path, start: str) -> dict[str, Any]:
     """What Airflow's DagBag makes of ``dags``: import errors, and per DAG its schedule (with
-    the next three runs after ``start``, naive ISO time, by croniter as Airflow computes them),
+    the next twelve runs after ``start``, naive ISO time, by croniter as Airflow computes them),
     settings and tasks."""
     result = home / "dagbag.json"
     done = subprocess.run(

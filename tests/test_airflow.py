@@ -90,6 +90,10 @@ def test_airflow_cron_takes_five_fields_and_refuses_seconds(tmp_path: Path) -> N
 
     assert airflow_cron(package("0 3 * * *", "daily")) == "0 3 * * *"
     assert airflow_cron(package("@midnight", "macro")) == "0 0 * * *"  # Airflow lacks this name
+    assert airflow_cron(package("0 6 1,15 * fri", "either")) == "0 6 1,15 * fri"  # OR in both
+    assert airflow_cron(package("0 6 1-31 * fri", "every")) == "0 6 * * *"  # croniter would AND
+    assert airflow_cron(package("0 6 */1 * fri", "all")) == "0 6 * * fri"
+    assert airflow_cron(package("0 6 ? * 7", "sunday")) == "0 6 * * 0"
     with pytest.raises(ConfigError) as refused:
         airflow_cron(package("*/5 * * * * *", "seconds"))
     message = str(refused.value)
@@ -173,8 +177,25 @@ def airflow() -> Path:
     return airflow_venv()
 
 
+#: Schedules whose Airflow rendering differs from the text, checked against Airflow's runs.
+CRONS = {
+    "customer_propensity": "0 3 * * *",
+    "product_category": "30 2 * * mon-sat",
+    "either_day": "0 6 1,15 * fri",  # Vixie OR: the 1st, the 15th and every Friday
+    "every_day": "0 6 1-31 * fri",  # OR with every day of the month: every day
+    "sunday": "15 4 * * 7",
+    "midnight": "@midnight",
+}
+
+
 def test_generated_dags_load_in_airflow_dagbag(airflow: Path, tmp_path: Path) -> None:
     packages = _examples(tmp_path)
+    for folder in ("either_day", "every_day", "sunday", "midnight"):
+        _package(
+            packages / folder,
+            "customer_propensity",
+            **{"model.name": folder.replace("_", "-"), "prediction.schedule": CRONS[folder]},
+        )
     out = tmp_path / "dags"
     result = _airflow(
         out,
@@ -201,17 +222,20 @@ def test_generated_dags_load_in_airflow_dagbag(airflow: Path, tmp_path: Path) ->
     dags = bag["dags"]
     assert sorted(dags) == [
         "storeml_customer_propensity",
+        "storeml_either_day",
+        "storeml_every_day",
+        "storeml_midnight",
         "storeml_product_category_group_1_of_2",
         "storeml_product_category_group_2_of_2",
+        "storeml_sunday",
     ]
-    crons = {"customer_propensity": "0 3 * * *", "product_category": "30 2 * * mon-sat"}
     for dag_id, dag in dags.items():
-        folder = next(f for f in crons if f in dag_id)
+        folder = next(f for f in CRONS if f in dag_id)
         assert dag["fileloc"] == str(out / f"{dag_id}.py")
-        assert (dag["timetable"], dag["expression"]) == ("CronTriggerTimetable", crons[folder])
-        assert dag["timezone"] == "UTC"
-        storeml_runs = [t.isoformat() for t in upcoming(parse_cron(crons[folder]), start, 3)]
-        assert dag["next_runs"] == storeml_runs  # Airflow fires when storeml schedule run would
+        assert dag["timetable"] == "CronTriggerTimetable" and dag["timezone"] == "UTC"
+        storeml_runs = [t.isoformat() for t in upcoming(parse_cron(CRONS[folder]), start, 12)]
+        # Airflow fires when storeml schedule run would
+        assert dag["next_runs"] == storeml_runs, (dag_id, dag["expression"])
         assert dag["catchup"] is False and dag["max_active_runs"] == 1
         assert dag["start_date"] == "2024-01-01T00:00:00+00:00"
         assert {"storeml", folder.replace("_", "-")} <= set(dag["tags"])
