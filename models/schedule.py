@@ -88,8 +88,8 @@ class CronSchedule:
     croniter_expressions: tuple[str, ...]
     #: Six fields, seconds first.
     seconds_first: bool = False
-    #: Day of month has a day past the end of some month (29, 30, 31).
-    late_days: bool = False
+    #: The latest day of month if it is past the end of some month (29, 30, 31), else 0.
+    late_days: int = 0
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first run strictly after ``after`` (to the second), or None if it never runs.
@@ -120,26 +120,31 @@ class CronSchedule:
             return found
         # croniter < 6.1 skips the first days of the month after a short one when day of month
         # has days past its end: from Feb 22, '0 0 */10 * *' gave Mar 11 (pallets-eco/croniter#1,
-        # fixed in 6.1.0). Search again from the start of each month up to what it found.
+        # fixed in 6.1.0). Search again from the start of each such month up to what it found.
         month = after
         while (month := _next_month(month)) < found:
-            earlier = self._croniter_next(text, month - timedelta(seconds=1))
+            before = month - timedelta(seconds=1)
+            if before.day >= self.late_days:
+                continue  # the month before has the latest day: nothing to overshoot
+            earlier = self._croniter_next(text, before, years=1)
             if earlier is not None and earlier < found:
                 found = earlier
         return found
 
-    def _croniter_next(self, text: str, after: datetime) -> datetime | None:
+    def _croniter_next(
+        self, text: str, after: datetime, years: int = _MAX_YEARS
+    ) -> datetime | None:
         runs = croniter(
             text,
             after.replace(microsecond=0),
             day_or=False,
             second_at_beginning=self.seconds_first,
-            max_years_between_matches=_MAX_YEARS,
+            max_years_between_matches=years,
         )
         try:
             found: datetime = runs.get_next(datetime)
         except CroniterBadDateError:
-            return None  # no run within _MAX_YEARS
+            return None  # no run within that many years
         return found
 
 
@@ -275,7 +280,9 @@ def _parse_fields(expression: str, text: str, parts: list[str]) -> CronSchedule:
         has_seconds=seconds_first and expanded[5] != [0],
         croniter_expressions=sides,
         seconds_first=seconds_first,
-        late_days=any(isinstance(day, int) and day >= 29 for day in expanded[2]),
+        late_days=max(
+            (day for day in expanded[2] if isinstance(day, int) and day >= 29), default=0
+        ),
     )
 
 
