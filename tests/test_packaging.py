@@ -79,10 +79,8 @@ def _declared(requirements: list[str]) -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in requirements}
 
 
-def _locked() -> dict[str, str]:
-    pins = re.findall(
-        r"^([A-Za-z0-9._-]+)==([^ \\\n]+)", (ROOT / "requirements.lock").read_text(), re.M
-    )
+def _locked_in(lock: str) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==([^ \\\n]+)", (ROOT / lock).read_text(), re.M)
     return {canonicalize_name(name): version for name, version in pins}
 
 
@@ -184,7 +182,7 @@ def test_the_local_extra_is_imported_only_inside_the_stack_functions() -> None:
 
 def test_build_requirements_are_satisfied_by_the_lock() -> None:
     """A wheel builds without build isolation: the lock has [build-system].requires."""
-    locked = _locked()
+    locked = _locked_in("requirements.lock")
     for text in PYPROJECT["build-system"]["requires"]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
@@ -193,6 +191,35 @@ def test_build_requirements_are_satisfied_by_the_lock() -> None:
     # and every locked distribution is what the lock's own environment holds
     for name in ("setuptools", "wheel"):
         assert metadata.version(name) == locked[name]
+
+
+def test_the_locks_satisfy_pyproject_and_agree_with_each_other() -> None:
+    """requirements.lock (dev + local) and requirements-runtime.lock (the image's) are current."""
+    dev_lock, runtime_lock = (
+        _locked_in("requirements.lock"),
+        _locked_in("requirements-runtime.lock"),
+    )
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    wanted = {
+        "requirements.lock": project["dependencies"] + extras["local"] + extras["dev"],
+        "requirements-runtime.lock": project["dependencies"],
+    }
+    stale = []
+    for lock, requirements in wanted.items():
+        pins = _locked_in(lock)
+        for text in requirements:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            if name == "storeml" or (requirement.marker and not requirement.marker.evaluate()):
+                continue
+            if not requirement.specifier.contains(pins.get(name, "0!0"), prereleases=True):
+                stale.append(f"{lock}: {text} (locked: {pins.get(name, 'missing')})")
+    assert stale == [], "run ./scripts/dev lock"
+    assert {n: v for n, v in runtime_lock.items() if dev_lock.get(n) != v} == {}
+    dev_only = _declared(extras["dev"] + extras["local"]) - _declared(project["dependencies"])
+    assert sorted(dev_only & set(runtime_lock)) == []
+    assert "requirements-runtime.lock" in (ROOT / "Dockerfile").read_text()
 
 
 def _tracked_copy(target: Path) -> Path:
