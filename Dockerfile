@@ -20,9 +20,11 @@ RUN mkdir -p /usr/share/man/man1 \
 WORKDIR /app
 
 # Dependencies first, so code changes do not reinstall them.
-COPY requirements.lock ./
+# requirements-runtime.lock: the runtime dependencies only, at requirements.lock's versions (no
+# dev tools, no embedded-stack extra: the image talks to real Kafka, Redis and MLflow).
+COPY requirements-runtime.lock ./
 RUN pip install uv \
- && uv pip install --system -r requirements.lock
+ && uv pip install --system -r requirements-runtime.lock
 
 COPY . .
 RUN uv pip install --system --no-deps . \

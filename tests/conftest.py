@@ -3,8 +3,8 @@
 By default every service is local and private to the test session:
 
 - Kafka: a fresh Tansu broker (memory storage) on a free loopback port, stopped at the end;
-- Redis: the Redis answering on 127.0.0.1:6379 (db 0) if there is one, else a ``redis-server``
-  of ours on a free port;
+- Redis: a ``redis-server`` of ours on a free port, stopped at the end (never the machine's
+  127.0.0.1:6379, which may be a developer's own);
 - MLflow: a SQLite tracking/registry database and an artifact folder in a temporary folder;
 - Spark: one local session for in-process tests (``spark`` fixture).
 
@@ -31,13 +31,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from storeml.settings import Settings, load_settings
-from storeml.stack import RedisServer, TansuBroker, init_mlflow, redis_answers
+from storeml.stack import RedisServer, TansuBroker, init_mlflow
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 @dataclass(frozen=True)
 class MlflowUris:
@@ -83,13 +80,10 @@ def kafka_flavor() -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(settings_home: Path) -> Iterator[str]:
-    """``STOREML_TEST_REDIS_URL``, else the Redis on 127.0.0.1:6379, else one of ours."""
+    """``STOREML_TEST_REDIS_URL``, else a ``redis-server`` of the session's own on a free port."""
     external = os.environ.get("STOREML_TEST_REDIS_URL")
     if external:
         yield external
-        return
-    if redis_answers(DEFAULT_REDIS_URL):
-        yield DEFAULT_REDIS_URL
         return
     server = RedisServer(workdir=settings_home / "redis")
     server.start()
