@@ -6,4 +6,3 @@ if __name__ != "storeml.batch":  # the folder is the package storeml.batch, unde
         " subpackage storeml.batch (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-

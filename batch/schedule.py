@@ -1,15 +1,8 @@
-"""Scheduled batch predictions: each model package's ``prediction.schedule`` runs its job.
+"""Scheduled batch predictions: jobs run at the times of their cron schedules (UTC).
 
-A folder of model packages becomes a list of :class:`Job`; every package with a schedule is one::
-
-    at each cron time (UTC) of the package:
-      the stream's latest profiles, read from its state  (batch/latest.py; Parquet in a scratch
-                                                   folder; or, with ``recompute``, rebuilt from
-                                                   history as of the due time: batch/recompute.py)
-      -> batch_transform with the package's model @champion  (batch/transform.py)
-      -> <output root>/<prediction.service>/<prediction.version>/date=<due date>/store_id=<s>/
-
-The rules live in :class:`Scheduler`, which takes a clock so they are tested without sleeping:
+Model packages become jobs in batch/package_jobs.py (every package with a
+``prediction.schedule``: its batch predictions). The rules live in :class:`Scheduler`, which
+takes a clock so they are tested without sleeping:
 
 * a job first runs at its first cron time *after* the scheduler starts; a run that starts late
   keeps its due time (the date and as-of time of its predictions), and the times missed
@@ -24,10 +17,10 @@ The rules live in :class:`Scheduler`, which takes a clock so they are tested wit
 Runs go on in their own threads (one Spark session is shared: Spark takes jobs from several
 threads), so a long run of one package never delays another package's schedule.
 
-An outside scheduler (Airflow: ``storeml schedule airflow``) runs one job once per due time with
-:func:`run_job_once` (``storeml schedule run-job``), under the same lock files; a run of one
-store group of a package holds the package's lock shared (groups run side by side, never with a
-whole-package run) and its group's own lock exclusively.
+An outside scheduler (Airflow: ``storeml schedule airflow``) runs one job once per due time
+(``storeml schedule run-job``: ``run_job_once`` in batch/package_jobs.py) under the same lock
+files; a run of one store group of a package holds the package's lock shared (groups run side by
+side, never with a whole-package run) and its group's own lock exclusively.
 """
 
 from __future__ import annotations
@@ -35,27 +28,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import quote
 
 from storeml.errors import ConfigError, StoremlError
-from storeml.models.schedule import CronSchedule, parse_cron
-from storeml.settings import Settings
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-
-    from storeml.batch.transform import StoreGroup
-    from storeml.models.package import ModelPackage
+from storeml.models.schedule import CronSchedule
 
 __all__ = [
     "Job",
@@ -65,12 +49,8 @@ __all__ = [
     "JobLock",
     "utc_now",
     "upcoming",
-    "find_packages",
-    "load_packages",
-    "PackageJob",
-    "package_jobs",
-    "find_job",
-    "run_job_once",
+    "run_logged",
+    "show_time",
 ]
 
 log = logging.getLogger("storeml.schedule")
@@ -85,19 +65,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _show(moment: datetime) -> str:
+def show_time(moment: datetime) -> str:
+    """``moment`` as the schedule's log lines write it (UTC, to the second)."""
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def upcoming(schedule: CronSchedule, after: datetime, count: int) -> list[datetime]:
     """The next ``count`` times ``schedule`` fires strictly after ``after``."""
-    out: list[datetime] = []
-    moment: datetime | None = after
-    while len(out) < count and moment is not None:
-        moment = schedule.next_after(moment)
-        if moment is not None:
-            out.append(moment)
-    return out
+    return schedule.upcoming(after, count)
 
 
 @dataclass(frozen=True)
@@ -157,7 +132,9 @@ class JobLock:
             return False
         if not shared:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{socket.gethostname()} pid {os.getpid()} due {_show(due)}\n".encode())
+            os.write(
+                fd, f"{socket.gethostname()} pid {os.getpid()} due {show_time(due)}\n".encode()
+            )
         self._fd = fd
         return True
 
@@ -173,6 +150,50 @@ class JobLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def run_logged(
+    job: str,
+    label: str,
+    due: datetime,
+    action: Callable[[datetime], RunOutcome],
+    *,
+    started_note: str = "",
+    ended_note: Callable[[], str] = lambda: "",
+) -> RunRecord:
+    """Run ``action(due)``: one log line when it starts and one when it ends; never raises.
+
+    ``label`` names the run in the log (the job, or the job and its store group); the notes are
+    appended to the start line and to the end line (computed when the run ends).
+    """
+    log.info("run %s due %s: started%s", label, show_time(due), started_note)
+    started = time.perf_counter()
+    try:
+        outcome = action(due)
+    except Exception as exc:
+        seconds = time.perf_counter() - started
+        detail = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "run %s due %s: FAILED after %.1fs: %s%s",
+            label,
+            show_time(due),
+            seconds,
+            detail,
+            ended_note(),
+            exc_info=not isinstance(exc, StoremlError),  # our errors say it all in one line
+        )
+        return RunRecord(job, due, "failed", seconds, detail=detail)
+    seconds = time.perf_counter() - started
+    log.info(
+        "run %s due %s: ok, %s rows in %.1fs%s%s",
+        label,
+        show_time(due),
+        f"{outcome.rows:,}",
+        seconds,
+        f" ({outcome.detail})" if outcome.detail else "",
+        ended_note(),
+    )
+    return RunRecord(job, due, "ok", seconds, outcome.rows, outcome.detail)
 
 
 @dataclass
@@ -272,7 +293,7 @@ class Scheduler:
         log.warning(
             "run %s due %s: SKIPPED, %s; next run %s",
             job.name,
-            _show(due),
+            show_time(due),
             why,
             self._next_text(job.name),
         )
@@ -281,7 +302,7 @@ class Scheduler:
         if self._stop.is_set():
             return "none (the scheduler is stopping)"
         upcoming_at = self._state[name].next_at
-        return _show(upcoming_at) if upcoming_at is not None else "never"
+        return show_time(upcoming_at) if upcoming_at is not None else "never"
 
     def _start(self, job: Job, due: datetime) -> bool:
         with self._mutex:
@@ -290,7 +311,7 @@ class Scheduler:
                 self._skip(
                     job,
                     due,
-                    f"the run due {_show(state.running.due)} is still going",
+                    f"the run due {show_time(state.running.due)} is still going",
                 )
                 return False
             lock = JobLock(self.lock_dir, job.name) if self.lock_dir is not None else None
@@ -314,40 +335,14 @@ class Scheduler:
 
     def _run(self, job: Job, due: datetime, lock: JobLock | None) -> None:
         late = (self.clock() - due).total_seconds()
-        log.info(
-            "run %s due %s: started%s",
-            job.name,
-            _show(due),
-            f" ({late:.1f}s late)" if late >= 1 else "",
-        )
-        started = time.perf_counter()
         try:
-            outcome = job.action(due)
-        except Exception as exc:
-            seconds = time.perf_counter() - started
-            record = RunRecord(
-                job.name, due, "failed", seconds, detail=f"{type(exc).__name__}: {exc}"
-            )
-            log.error(
-                "run %s due %s: FAILED after %.1fs: %s; next run %s",
+            record = run_logged(
                 job.name,
-                _show(due),
-                seconds,
-                record.detail,
-                self._next_text(job.name),
-                exc_info=not isinstance(exc, StoremlError),  # our errors say it all in one line
-            )
-        else:
-            seconds = time.perf_counter() - started
-            record = RunRecord(job.name, due, "ok", seconds, outcome.rows, outcome.detail)
-            log.info(
-                "run %s due %s: ok, %s rows in %.1fs%s; next run %s",
                 job.name,
-                _show(due),
-                f"{outcome.rows:,}",
-                seconds,
-                f" ({outcome.detail})" if outcome.detail else "",
-                self._next_text(job.name),
+                due,
+                job.action,
+                started_note=f" ({late:.1f}s late)" if late >= 1 else "",
+                ended_note=lambda: f"; next run {self._next_text(job.name)}",
             )
         finally:
             if lock is not None:
@@ -402,228 +397,3 @@ class Scheduler:
         if self.running():
             log.info("waiting for the runs going on: %s", ", ".join(self.running()))
         self.wait_idle()
-
-
-# --- model packages as jobs --------------------------------------------------------------------
-def find_packages(folder: str | Path) -> list[tuple[Path, ModelPackage | ConfigError]]:
-    """Every package under ``folder`` (its subfolders with a ``config.yaml``, or ``folder`` itself).
-
-    Each comes with its loaded package, or the :class:`ConfigError` that says why it is invalid.
-    """
-    from storeml.models.package import CONFIG_FILE, load_package
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(
-            f"packages folder {root} does not exist; pass a folder of model packages (e.g."
-            " examples/packages) or one package folder"
-        )
-    paths = (
-        [root]
-        if (root / CONFIG_FILE).is_file()
-        else sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
-    )
-    out: list[tuple[Path, ModelPackage | ConfigError]] = []
-    for path in paths:
-        try:
-            out.append((path, load_package(path)))
-        except ConfigError as exc:
-            out.append((path, exc))
-    return out
-
-
-def load_packages(folder: str | Path) -> list[ModelPackage]:
-    """The valid packages under ``folder``; ConfigError naming every invalid one, or none found."""
-    found = find_packages(folder)
-    errors = [f"{path}: {item}" for path, item in found if isinstance(item, ConfigError)]
-    if errors:
-        raise ConfigError(
-            f"{len(errors)} invalid model package(s) under {folder}; fix them (`storeml models"
-            " validate PATH`) or move them out:\n" + "\n".join(errors)
-        )
-    if not found:
-        raise ConfigError(
-            f"no model package under {folder} (a package is a folder with a config.yaml)"
-        )
-    return [item for _, item in found if not isinstance(item, ConfigError)]
-
-
-class PackageJob:
-    """The batch predictions of one package: the latest profiles, then batch_transform.
-
-    ``spark`` is called for the session at each run (so a scheduler process starts Spark only
-    when the first run is due). The profiles are the stream's latest, read from its state (the
-    cost of the state, not of the history); with ``recompute`` they are rebuilt from history
-    as of the due time instead, read from ``source`` ("lake" or "topic"). ``scratch`` holds each
-    run's profiles until the run ends; it must be reachable by every executor. With
-    ``store_group`` only that group's stores are scored and replaced (batch/transform.py).
-    """
-
-    def __init__(
-        self,
-        package: ModelPackage,
-        settings: Settings,
-        spark: Callable[[], SparkSession],
-        *,
-        output_root: str,
-        scratch: str | Path,
-        source: Literal["lake", "topic"] = "lake",
-        recompute: bool = False,
-        store_group: StoreGroup | None = None,
-    ) -> None:
-        self.package = package
-        self.store_group = store_group
-        self.recompute = recompute
-        self.settings = settings
-        self.spark = spark
-        prediction = package.config.prediction
-        self.output = f"{str(output_root).rstrip('/')}/{prediction.service}/{prediction.version}"
-        self.scratch = Path(scratch)
-        self.source = source
-
-    def __call__(self, due: datetime) -> RunOutcome:
-        from storeml.batch.latest import export_latest_profiles
-        from storeml.batch.recompute import recompute
-        from storeml.batch.transform import batch_transform
-
-        spark = self.spark()
-        folder = self.scratch / f"{quote(self.package.name, safe='')}-{uuid.uuid4().hex[:12]}"
-        # the recompute's own scoring is not what we publish (the package's model scores the
-        # profiles below): no served or shadow model, so none needs to be registered
-        settings = self.settings.model_copy(update={"serving_alias": "", "shadow_alias": ""})
-        try:
-            if self.recompute:
-                recompute(
-                    spark,
-                    settings,
-                    source=self.source,
-                    as_of_ms=int(due.timestamp() * 1000),
-                    output=str(folder),
-                    publish=False,
-                )
-            else:
-                export_latest_profiles(spark, settings, folder)
-            summary = batch_transform(
-                spark,
-                self.settings,
-                folder / self.package.kind,
-                kind=self.package.kind,
-                model_name=self.package.name,
-                alias=self.settings.serving_alias,
-                output=self.output,
-                run_date=due.date(),
-                store_group=self.store_group,
-            )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        group = f" (store group {summary.store_group})" if summary.store_group else ""
-        return RunOutcome(
-            summary.rows,
-            f"{summary.stores:,} stores, {summary.model} version {summary.version}"
-            f" -> {summary.partition}{group}",
-        )
-
-
-def package_jobs(
-    packages: Iterable[ModelPackage],
-    settings: Settings,
-    spark: Callable[[], SparkSession],
-    *,
-    output_root: str,
-    scratch: str | Path,
-    source: Literal["lake", "topic"] = "lake",
-    recompute: bool = False,
-) -> list[Job]:
-    """A :class:`Job` per package with a ``prediction.schedule`` (the others are left out)."""
-    jobs = []
-    for package in packages:
-        expression = package.config.prediction.schedule
-        if not expression:
-            continue
-        action = PackageJob(
-            package,
-            settings,
-            spark,
-            output_root=output_root,
-            scratch=scratch,
-            source=source,
-            recompute=recompute,
-        )
-        jobs.append(
-            Job(
-                name=package.name,
-                schedule=parse_cron(expression),
-                action=action,
-                description=f"{package.kind} predictions -> {action.output}",
-            )
-        )
-    return jobs
-
-
-def find_job(folder: str | Path, name: str) -> ModelPackage:
-    """The valid package named ``name`` under ``folder``, with a schedule or not.
-
-    Other packages' problems do not matter (one client's broken package fails only its own
-    job); ConfigError when no valid package has that name, listing the invalid ones.
-    """
-    found = find_packages(folder)
-    for _, item in found:
-        if not isinstance(item, ConfigError) and item.name == name:
-            return item
-    names = sorted(item.name for _, item in found if not isinstance(item, ConfigError))
-    invalid = [f"{path}: {item}" for path, item in found if isinstance(item, ConfigError)]
-    raise ConfigError(
-        f"no valid model package named {name!r} under {folder} (packages there:"
-        f" {', '.join(names) or 'none'})"
-        + ("; invalid packages, one of which may be it:\n" + "\n".join(invalid) if invalid else "")
-    )
-
-
-def run_job_once(action: PackageJob, due: datetime, lock_dir: str | Path | None) -> RunRecord:
-    """Run one package's job once for ``due``, logged as :class:`Scheduler` logs its runs.
-
-    Takes the job's lock file (exclusive; shared plus the group's own for a store group):
-    status "skipped" when another run holds it, "failed" with the error when the run raised.
-    """
-    name = action.package.name
-    group = action.store_group
-    label = name if group is None else f"{name} (store group {group.label})"
-    locks: list[JobLock] = []
-    wanted = [(name, False)] if group is None else [(name, True), (f"{name}@{group.label}", False)]
-    try:
-        for lock_name, shared in wanted if lock_dir is not None else []:
-            lock = JobLock(Path(str(lock_dir)), lock_name)
-            if not lock.acquire(due, shared=shared):
-                why = f"another run holds its lock {lock.path} ({lock.holder() or 'unknown'})"
-                log.warning("run %s due %s: SKIPPED, %s", label, _show(due), why)
-                return RunRecord(name, due, "skipped", detail=why)
-            locks.append(lock)
-        log.info("run %s due %s: started", label, _show(due))
-        started = time.perf_counter()
-        try:
-            outcome = action(due)
-        except Exception as exc:
-            seconds = time.perf_counter() - started
-            detail = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "run %s due %s: FAILED after %.1fs: %s",
-                label,
-                _show(due),
-                seconds,
-                detail,
-                exc_info=not isinstance(exc, StoremlError),
-            )
-            return RunRecord(name, due, "failed", seconds, detail=detail)
-        seconds = time.perf_counter() - started
-        log.info(
-            "run %s due %s: ok, %s rows in %.1fs (%s)",
-            label,
-            _show(due),
-            f"{outcome.rows:,}",
-            seconds,
-            outcome.detail,
-        )
-        return RunRecord(name, due, "ok", seconds, outcome.rows, outcome.detail)
-    finally:
-        for lock in reversed(locks):
-            lock.release()

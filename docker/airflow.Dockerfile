@@ -1,6 +1,6 @@
 # Apache Airflow with storeml beside it, for the `airflow` profile of docker-compose.yml:
 #   docker compose --profile airflow up -d --build
-# storeml lives in its own virtual environment (/opt/storeml), installed from requirements.lock:
+# storeml lives in its own virtual environment (/opt/storeml), installed from requirements-runtime.lock:
 # Airflow's pins and storeml's lock never mix. The generated DAGs call /opt/storeml/bin/storeml
 # (`storeml schedule airflow --storeml-bin /opt/storeml/bin/storeml`). Build context: the repo.
 ARG AIRFLOW_VERSION=3.3.2
@@ -18,10 +18,10 @@ ENV UV_PYTHON_DOWNLOADS=never \
     PIP_NO_CACHE_DIR=1
 
 # Dependencies first, so code changes do not reinstall them.
-COPY requirements.lock /tmp/storeml/requirements.lock
+COPY requirements-runtime.lock /tmp/storeml/requirements-runtime.lock
 RUN /usr/local/bin/python -m venv /opt/storeml \
  && /opt/storeml/bin/pip install uv \
- && /opt/storeml/bin/uv pip install --python /opt/storeml/bin/python -r /tmp/storeml/requirements.lock
+ && /opt/storeml/bin/uv pip install --python /opt/storeml/bin/python -r /tmp/storeml/requirements-runtime.lock
 
 COPY . /tmp/storeml/src
 RUN /opt/storeml/bin/uv pip install --python /opt/storeml/bin/python --no-deps /tmp/storeml/src \

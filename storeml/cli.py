@@ -367,7 +367,9 @@ def stream_run(
 
 @stream.command("reset")
 @_checkpoint_option
-@click.option("--delete", is_flag=True, help="Delete the old checkpoint instead of moving it aside.")
+@click.option(
+    "--delete", is_flag=True, help="Delete the old checkpoint instead of moving it aside."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def stream_reset(ctx: click.Context, checkpoint: str | None, delete: bool, yes: bool) -> None:

@@ -22,7 +22,14 @@ from storeml.errors import StoremlError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["lake", "recompute_cmd", "batch_transform_cmd", "schedule_group", "parse_time"]
+__all__ = [
+    "lake",
+    "recompute_cmd",
+    "batch_transform_cmd",
+    "schedule_group",
+    "parse_time",
+    "history_source",
+]
 
 
 def parse_time(value: str) -> int:
@@ -42,7 +49,7 @@ def parse_time(value: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _history_source(command: Any) -> Any:
+def history_source(command: Any) -> Any:
     """``--from-lake`` (default) / ``--from-topic``, as the ``source`` parameter."""
     command = click.option(
         "--from-topic", "source", flag_value="topic", help="Read the input topics from their start."
@@ -58,7 +65,7 @@ def _history_source(command: Any) -> Any:
 
 
 @click.command("recompute")
-@_history_source
+@history_source
 @click.option("--store", "stores", multiple=True, help="Only this store (repeat for several).")
 @click.option(
     "--as-of",
@@ -215,7 +222,8 @@ def schedule_group() -> None:
 @click.option("--count", default=3, show_default=True, help="Next run times per package.")
 def schedule_list_cmd(packages_dir: str, count: int) -> None:
     """Show each package, its cron schedule and its next run times (UTC)."""
-    from storeml.batch.schedule import find_packages, upcoming, utc_now
+    from storeml.batch.package_jobs import find_packages
+    from storeml.batch.schedule import upcoming, utc_now
     from storeml.errors import ConfigError
     from storeml.models.schedule import parse_cron
 
@@ -263,7 +271,7 @@ def schedule_list_cmd(packages_dir: str, count: int) -> None:
     help="Rebuild each run's profiles from history as of its due time (--from-lake/--from-topic)"
     " instead of scoring the stream's latest profiles, read from its state [default].",
 )
-@_history_source
+@history_source
 @click.option(
     "--lock-dir",
     default=None,
@@ -292,7 +300,8 @@ def schedule_run_cmd(
     skipped; a failed run is logged and the job stays scheduled. The first signal stops new
     runs and waits for the ones going on; a second one cancels their Spark jobs.
     """
-    from storeml.batch.schedule import Scheduler, load_packages, package_jobs
+    from storeml.batch.package_jobs import load_packages, package_jobs
+    from storeml.batch.schedule import Scheduler
     from storeml.streams.spark_session import get_spark
 
     log = logging.getLogger("storeml.schedule")

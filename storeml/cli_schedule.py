@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from storeml.cli_batch import _history_source
+from storeml.cli_batch import history_source
 from storeml.cli_common import settings_of
 from storeml.errors import ConfigError, StoremlError
 
@@ -108,7 +108,7 @@ def _write(path: Path, text: str) -> None:
     is_flag=True,
     help="The tasks rebuild profiles from history as of the logical date (run-job --recompute).",
 )
-@_history_source
+@history_source
 def schedule_airflow_cmd(
     packages_dir: str,
     out_dir: str,
@@ -131,7 +131,7 @@ def schedule_airflow_cmd(
     are still written, no file is removed, and the command exits 1.
     """
     from storeml.batch.airflow_dags import DagOptions, is_generated, render_dags
-    from storeml.batch.schedule import find_packages
+    from storeml.batch.package_jobs import find_packages
 
     every, per_package = _store_groups(store_groups)
     root = Path(packages_dir).expanduser().absolute()
@@ -253,7 +253,7 @@ def _due(value: str | None) -> datetime:
     is_flag=True,
     help="Rebuild the profiles from history as of the due time instead of the stream's latest.",
 )
-@_history_source
+@history_source
 @click.option(
     "--lock-dir",
     default=None,
@@ -278,7 +278,7 @@ def schedule_run_job_cmd(
     """
     from pyspark.sql import SparkSession
 
-    from storeml.batch.schedule import PackageJob, find_job, run_job_once
+    from storeml.batch.package_jobs import PackageJob, find_job, run_job_once
     from storeml.batch.transform import StoreGroup
     from storeml.streams.spark_session import get_spark
 

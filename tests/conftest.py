@@ -36,6 +36,7 @@ from storeml.stack import RedisServer, TansuBroker, init_mlflow
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+
 @dataclass(frozen=True)
 class MlflowUris:
     """Where the session's MLflow store lives (attributes, or ``uris["tracking_uri"]``)."""

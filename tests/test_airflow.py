@@ -26,7 +26,8 @@ from storeml.batch.airflow_dags import (
     is_generated,
     render_dags,
 )
-from storeml.batch.schedule import load_packages, upcoming
+from storeml.batch.package_jobs import load_packages
+from storeml.batch.schedule import upcoming
 from storeml.cli import main
 from storeml.errors import ConfigError
 from storeml.models.package import load_package

@@ -141,7 +141,7 @@ def test_monitor_runs_from_the_stream_image_and_serves_metrics(compose: dict[str
 def test_dockerfile_builds_the_stream_job() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "openjdk-17-jre-headless" in dockerfile
-    assert "requirements.lock" in dockerfile
+    assert "-r requirements-runtime.lock" in dockerfile  # no dev tools in the image
     assert 'CMD ["stream", "run"]' in dockerfile
 
 
@@ -223,7 +223,7 @@ def test_airflow_image_keeps_storeml_in_its_own_venv_at_the_tested_release(
     assert f"ARG AIRFLOW_VERSION={AIRFLOW_VERSION}" in dockerfile
     assert "FROM apache/airflow:${AIRFLOW_VERSION}" in dockerfile
     assert "python -m venv /opt/storeml" in dockerfile
-    assert "-r /tmp/storeml/requirements.lock" in dockerfile  # storeml's lock, in that venv only
+    assert "-r /tmp/storeml/requirements-runtime.lock" in dockerfile  # storeml's lock, its own venv
     assert "openjdk-17-jre-headless" in dockerfile  # the tasks run Spark
     # the compose services run as the stream image's user, to share its volume
     uid = next(

@@ -27,15 +27,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from storeml.batch.schedule import (
-    Job,
-    JobLock,
-    RunOutcome,
-    Scheduler,
-    load_packages,
-    package_jobs,
-    upcoming,
-)
+from storeml.batch.package_jobs import load_packages, package_jobs
+from storeml.batch.schedule import Job, JobLock, RunOutcome, Scheduler, upcoming
 from storeml.cli import main
 from storeml.errors import ConfigError, ModelError
 from storeml.models.schedule import parse_cron
@@ -443,7 +436,7 @@ def test_store_group_locks_are_shared_with_each_other_and_exclusive_with_a_whole
 def test_run_job_finds_its_package_and_skips_a_locked_job(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from storeml.batch.schedule import find_job
+    from storeml.batch.package_jobs import find_job
     from storeml.cli_schedule import EXIT_LOCKED
 
     folder = tmp_path / "packages"
