@@ -5,10 +5,11 @@ discovery, watermarks with each broker's quirks, reading a topic back), ``kafka_
 (the profile state), ``event_producer`` and ``synthetic`` (event generation and replays).
 """
 
-if __name__ != "storeml.connectors":  # the folder is the package storeml.connectors, under that name only
+if (
+    __name__ != "storeml.connectors"
+):  # the folder is the package storeml.connectors, under that name only
     raise ImportError(
         f"import storeml.connectors, not {__name__}: the connectors/ folder is installed as the"
         " subpackage storeml.connectors (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-

@@ -6,4 +6,3 @@ if __name__ != "storeml.models":  # the folder is the package storeml.models, un
         " subpackage storeml.models (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-

@@ -6,4 +6,3 @@ if __name__ != "storeml.schemas":  # the folder is the package storeml.schemas, 
         " subpackage storeml.schemas (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-

@@ -6,4 +6,3 @@ if __name__ != "storeml.serving":  # the folder is the package storeml.serving, 
         " subpackage storeml.serving (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-

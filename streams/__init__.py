@@ -6,4 +6,3 @@ if __name__ != "storeml.streams":  # the folder is the package storeml.streams, 
         " subpackage storeml.streams (pyproject.toml [tool.setuptools.package-dir]), and a second"
         " name would load every module twice"
     )
-
