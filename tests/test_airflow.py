@@ -288,7 +288,7 @@ def _lake_events(settings: Settings, stores: int, events: int, seed: int) -> Non
         )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_airflow_dags_test_runs_a_package_dag_against_the_stack(
     airflow: Path, settings: Settings, unique: str, tmp_path: Path
 ) -> None:

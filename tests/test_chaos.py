@@ -81,7 +81,7 @@ def test_the_comparison_catches_each_kind_of_difference() -> None:
     assert dead.dead_letters_lost == 1 and not dead.ok
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 def test_three_kills_then_restarts_equal_an_uninterrupted_run(
     kafka_bootstrap: str, mlflow_uris: Any, tmp_path: Path
 ) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from storeml.connectors.event_producer import produce_events
 from storeml.connectors.kafka_admin import ensure_topics, read_all, watermark_method_for
 from storeml.connectors.monitor_store import MonitorStore
@@ -99,6 +101,7 @@ def _windows(store: MonitorStore, stores: list[str], monitor: str) -> dict[tuple
     return out
 
 
+@pytest.mark.slow  # a real Faust worker process over the broker, a minute or more
 def test_injected_drift_alerts_that_store_only_and_resolves(
     settings: Settings,
     tmp_path: Path,
@@ -195,6 +198,7 @@ def _run_until(settings: Settings, store: str, last_window: int) -> Any:
     return done
 
 
+@pytest.mark.slow  # a real Faust worker process over the broker, a minute or more
 def test_kill_9_mid_run_then_restart_gives_the_windows_of_an_uninterrupted_run(
     settings: Settings, tmp_path: Path
 ) -> None:

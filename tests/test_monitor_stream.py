@@ -31,7 +31,7 @@ from tests.test_monitor_app import (
     world,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=2)
 
 HORIZON_DAYS = 4
 CHUNK_DAYS = 3

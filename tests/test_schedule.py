@@ -469,6 +469,7 @@ def test_run_job_finds_its_package_and_skips_a_locked_job(
     assert bad.exit_code == 1 and "store group 4/3 does not exist" in bad.output
 
 
+@pytest.mark.slow  # two Spark transform runs and one more to compare
 def test_store_groups_together_give_the_rows_of_one_ungrouped_run(
     settings: Settings, spark: Any, unique: str, tmp_path: Path
 ) -> None:
