@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -34,6 +33,7 @@ from storeml.models.package import load_package
 from storeml.models.schedule import parse_cron
 from storeml.settings import Settings
 from tests.airflow_env import airflow_env, airflow_venv, load_dagbag
+from tests.lake_data import write_lake_events
 from tests.test_schedule import EXAMPLES, _package
 
 STOREML_BIN = str(Path(sys.executable).parent / "storeml")
@@ -261,33 +261,6 @@ def test_generated_dags_load_in_airflow_dagbag(airflow: Path, tmp_path: Path) ->
         assert predict.endswith(f"{tail} --output /data/predictions"), predict
 
 
-def _lake_events(settings: Settings, stores: int, events: int, seed: int) -> None:
-    """The event lake the stream would have archived (as the e2e schedule test writes it)."""
-    from storeml.connectors.event_lake import EventLakeSink
-    from storeml.connectors.synthetic import GeneratorConfig, generate
-
-    generated = [
-        e for e in generate(GeneratorConfig(stores=stores, events=events, seed=seed)) if e.record
-    ]
-    assert settings.lake_path is not None
-    lake = EventLakeSink(str(settings.lake_path))
-    for kind, topic in (("orders", settings.topic_orders), ("products", settings.topic_products)):
-        chosen = [e for e in generated if e.topic_kind == kind]
-        lake.write(
-            pd.DataFrame(
-                {
-                    "topic": topic,
-                    "partition": 0,
-                    "offset": range(len(chosen)),
-                    "key": [e.key for e in chosen],
-                    "value": [e.value for e in chosen],
-                    "store_id": [e.record["store_id"] for e in chosen if e.record],
-                    "event_time": [e.record["event_time"] for e in chosen if e.record],
-                }
-            )
-        )
-
-
 @pytest.mark.slow(minutes=2)
 def test_airflow_dags_test_runs_a_package_dag_against_the_stack(
     airflow: Path, settings: Settings, unique: str, tmp_path: Path
@@ -305,7 +278,7 @@ def test_airflow_dags_test_runs_a_package_dag_against_the_stack(
     package = _package(packages / "customers", "customer_propensity", **{"model.name": name})
     history, cutoff = synthetic_facts(stores=4, events=4_000, seed=31)
     train_package(settings, package, history, cutoff, alias="champion")
-    _lake_events(settings, stores=4, events=3_000, seed=32)
+    write_lake_events(settings, stores=4, events=3_000, seed=32)
     customers, _ = _profiles(_facts(stores=4, events=3_000, seed=32)[0])
 
     out, output = tmp_path / "dags", tmp_path / "predictions"

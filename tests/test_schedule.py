@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -348,8 +347,7 @@ def test_schedule_run_fires_a_package_job_end_to_end(
     from storeml.batch.history import synthetic_facts
     from storeml.batch.train import train_package
     from storeml.batch.transform import read_predictions
-    from storeml.connectors.event_lake import EventLakeSink
-    from storeml.connectors.synthetic import GeneratorConfig, generate
+    from tests.lake_data import write_lake_events
     from tests.test_models import _facts, _profiles
 
     name = f"test-{unique}-propensity"
@@ -360,26 +358,7 @@ def test_schedule_run_fires_a_package_job_end_to_end(
     )
     history, cutoff = synthetic_facts(stores=4, events=4_000, seed=31)
     train_package(settings, package, history, cutoff, alias="champion")
-    # the event lake the stream would have archived: 4 stores' events
-    config = GeneratorConfig(stores=4, events=3_000, seed=32)
-    events = [e for e in generate(config) if e.record is not None]
-    assert settings.lake_path is not None
-    lake = EventLakeSink(str(settings.lake_path))
-    for kind, topic in (("orders", settings.topic_orders), ("products", settings.topic_products)):
-        chosen = [e for e in events if e.topic_kind == kind]
-        lake.write(
-            pd.DataFrame(
-                {
-                    "topic": topic,
-                    "partition": 0,
-                    "offset": range(len(chosen)),
-                    "key": [e.key for e in chosen],
-                    "value": [e.value for e in chosen],
-                    "store_id": [e.record["store_id"] for e in chosen if e.record],
-                    "event_time": [e.record["event_time"] for e in chosen if e.record],
-                }
-            )
-        )
+    write_lake_events(settings, stores=4, events=3_000, seed=32)  # what the stream archived
     customers, _ = _profiles(_facts(stores=4, events=3_000, seed=32)[0])
 
     output = tmp_path / "predictions"
