@@ -45,7 +45,16 @@ from storeml.errors import ConfigError
 
 __all__ = ["CronSchedule", "parse_cron", "next_run"]
 
-_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+#: The macros, as the five fields they stand for (what croniter and Airflow read them as).
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 #: Field name, highest value croniter takes (day of week 7 is rewritten to 0), what to write.
 _SECOND = ("second", 59, "0-59")
 _FIELDS = (
@@ -82,9 +91,9 @@ class CronSchedule:
     expression: str
     #: Whether it fires other than at second 0 (a seconds field other than ``0``).
     has_seconds: bool
-    #: What croniter computes, with Vixie rewrites applied: one expression, or two whose runs
-    #: are merged when day of month and day of week are ORed (each with the other day field
-    #: ``*``, so croniter ANDs within each).
+    #: What croniter computes, as fields (macros expanded), with Vixie rewrites applied: one
+    #: expression, or two whose runs are merged when day of month and day of week are ORed (each
+    #: with the other day field ``*``, so croniter ANDs within each).
     croniter_expressions: tuple[str, ...]
     #: Six fields, seconds first.
     seconds_first: bool = False
@@ -226,7 +235,7 @@ def parse_cron(expression: str) -> CronSchedule:
                 f"cron expression {expression!r} is not a known macro; use one of"
                 f" {', '.join(_MACROS)}, or write 5 fields"
             )
-        schedule = CronSchedule(text, False, (text.lower(),))
+        schedule = _parse_fields(expression, text, _MACROS[text.lower()].split(" "))
     elif len(parts) not in (5, 6):
         raise ConfigError(
             f"cron expression {expression!r} has {len(parts)} fields; write 5 (minute hour"
