@@ -122,6 +122,13 @@ class StoreGroup:
         return bucket_of(store_id, self.count) == self.index - 1
 
 
+def _store_bucket(buckets: int) -> Any:
+    """The Spark column of each row's store bucket: :func:`storeml.models.events.bucket_of`."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(buckets))
+
+
 @dataclass
 class TransformSummary:
     """What one batch transform wrote (counted from the written files)."""
@@ -351,19 +358,18 @@ def batch_transform(
     inputs = _check_columns(frame, kind, label)
     key = KEYS[kind]
     frame = frame.select(*inputs)
-    if store_group is not None:  # the same CRC-32 buckets as storeml.models.events.bucket_of
-        bucket = F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(store_group.count))
-        frame = frame.where(bucket == store_group.index - 1)
     if frame.where(F.col("store_id").isNull() | F.col(key).isNull()).limit(1).count():
         raise ConfigError(
             f"{label} has rows with a null store_id or {key}; predictions are stored by store and"
             " entity, so drop or fix those rows first"
         )
+    if store_group is not None:  # after the null check: a null store_id has no bucket
+        frame = frame.where(_store_bucket(store_group.count) == store_group.index - 1)
     tasks = buckets or settings.shuffle_partitions
     # Rows of a store meet in one task, sorted by store (Spark's sort spills), and each task scores
     # Arrow-batch-sized chunks: one predict call per store and chunk, memory bounded by the chunk.
     placed = (
-        frame.withColumn("_bucket", F.pmod(F.crc32(F.col("store_id").cast("binary")), F.lit(tasks)))
+        frame.withColumn("_bucket", _store_bucket(tasks))
         .repartition(tasks, "_bucket")
         .sortWithinPartitions("store_id")
         .drop("_bucket")

@@ -17,7 +17,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from storeml.batch.transform import KEYS, OUTPUT_FIELD, batch_transform, read_predictions
+from storeml.batch.transform import (
+    KEYS,
+    OUTPUT_FIELD,
+    StoreGroup,
+    batch_transform,
+    read_predictions,
+)
 from storeml.connectors.mlflow_registry import ModelHandle, resolve_alias
 from storeml.connectors.profile_files import write_profiles
 from storeml.errors import ConfigError, ModelError
@@ -247,6 +253,10 @@ def test_missing_model_alias_or_columns_are_clear_errors(
     nulls = customers.assign(store_id=[None] + list(customers["store_id"][1:]))
     with pytest.raises(ConfigError, match="null store_id or customer_id"):
         batch_transform(spark, trained, nulls, kind="customer", output=out)
+    with pytest.raises(ConfigError, match="null store_id or customer_id"):  # a group sees it too
+        batch_transform(
+            spark, trained, nulls, kind="customer", output=out, store_group=StoreGroup(1, 2)
+        )
     with pytest.raises(ConfigError, match="YYYY-MM-DD"):
         batch_transform(spark, trained, customers, kind="customer", output=out, run_date="May 1")
     with pytest.raises(ConfigError, match="does not exist"):
