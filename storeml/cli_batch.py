@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from storeml.errors import StoremlError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from storeml.settings import Settings
+
 __all__ = [
     "lake",
     "recompute_cmd",
@@ -29,6 +32,8 @@ __all__ = [
     "schedule_group",
     "parse_time",
     "history_source",
+    "LazySpark",
+    "ScheduleDirs",
 ]
 
 
@@ -201,6 +206,44 @@ def batch_transform_cmd(
     click.echo(summary.format())
 
 
+class LazySpark:
+    """The Spark session, started by the first call from any thread, so that a scheduler process
+    starts Spark only when a run is due; :attr:`session` is None until then."""
+
+    def __init__(self, settings: Settings, app_name: str) -> None:
+        self._settings = settings
+        self._app_name = app_name
+        self._lock = threading.Lock()
+        self.session: SparkSession | None = None
+
+    def __call__(self) -> SparkSession:
+        from storeml.streams.spark_session import get_spark
+
+        with self._lock:
+            if self.session is None:
+                self.session = get_spark(self._settings, self._app_name)
+            return self.session
+
+
+@dataclass(frozen=True)
+class ScheduleDirs:
+    """Where scheduled runs write: ``schedule run`` and ``run-job`` must agree (the locks)."""
+
+    output_root: str
+    scratch: Path
+    lock_dir: Path
+
+    @classmethod
+    def of(cls, settings: Settings, output: str | None, lock_dir: str | None) -> ScheduleDirs:
+        """``--output`` and ``--lock-dir``, else their defaults under ``STOREML_HOME``."""
+        home = settings.home
+        return cls(
+            output_root=output or str(home / "predictions"),
+            scratch=home / "schedule" / "work",
+            lock_dir=Path(lock_dir or home / "schedule" / "locks"),
+        )
+
+
 # --- schedule ------------------------------------------------------------------------------------
 _PACKAGES_HELP = (
     "Folder of model packages (each a folder with config.yaml), or one package folder; every"
@@ -301,27 +344,19 @@ def schedule_run_cmd(
     runs and waits for the ones going on; a second one cancels their Spark jobs.
     """
     from storeml.batch.package_jobs import load_packages, package_jobs
-    from storeml.batch.schedule import Scheduler
-    from storeml.streams.spark_session import get_spark
+    from storeml.batch.schedule import Scheduler, show_time
 
     log = logging.getLogger("storeml.schedule")
     settings = settings_of(ctx)
-    sessions: list[SparkSession] = []
-    session_lock = threading.Lock()
-
-    def spark() -> SparkSession:
-        with session_lock:
-            if not sessions:
-                sessions.append(get_spark(settings, "storeml-schedule"))
-            return sessions[0]
-
+    spark = LazySpark(settings, "storeml-schedule")
+    dirs = ScheduleDirs.of(settings, output, lock_dir)
     try:
         jobs = package_jobs(
             load_packages(packages_dir),
             settings,
             spark,
-            output_root=output or str(settings.home / "predictions"),
-            scratch=settings.home / "schedule" / "work",
+            output_root=dirs.output_root,
+            scratch=dirs.scratch,
             source="topic" if source == "topic" else "lake",
             recompute=recompute,
         )
@@ -330,15 +365,15 @@ def schedule_run_cmd(
                 f"no package under {packages_dir} has a prediction.schedule; add one to its"
                 " config.yaml (e.g. schedule: '0 3 * * *' for 03:00 UTC daily)"
             )
-        scheduler = Scheduler(jobs, lock_dir=Path(lock_dir or settings.home / "schedule" / "locks"))
+        scheduler = Scheduler(jobs, lock_dir=dirs.lock_dir)
     except StoremlError as exc:
         raise click.ClickException(str(exc)) from exc
 
     def on_signal(signum: int, _frame: Any) -> None:
         if scheduler.stopping:
             log.warning("second signal: cancelling the Spark jobs of %s", scheduler.running())
-            if sessions:
-                sessions[0].sparkContext.cancelAllJobs()
+            if spark.session is not None:
+                spark.session.sparkContext.cancelAllJobs()
             return
         log.warning(
             "%s: no new runs; waiting for the runs going on (%s); signal again to cancel them",
@@ -356,7 +391,7 @@ def schedule_run_cmd(
                 job.name,
                 job.schedule.expression,
                 job.description,
-                "now" if once else (first.strftime("%Y-%m-%d %H:%M:%SZ") if first else "never"),
+                "now" if once else (show_time(first) if first else "never"),
             )
         if once:
             scheduler.run_all_now()
@@ -366,8 +401,8 @@ def schedule_run_cmd(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if sessions:
-            sessions[0].stop()
+        if spark.session is not None:
+            spark.session.stop()
     counts = {
         status: sum(1 for r in scheduler.records if r.status == status)
         for status in ("ok", "failed", "skipped")

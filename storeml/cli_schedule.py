@@ -10,19 +10,18 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from storeml.cli_batch import history_source
+from storeml.cli_batch import LazySpark, ScheduleDirs, history_source
 from storeml.cli_common import settings_of
 from storeml.errors import ConfigError, StoremlError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 __all__ = ["schedule_airflow_cmd", "schedule_run_job_cmd", "EXIT_LOCKED"]
 
@@ -279,29 +278,22 @@ def schedule_run_job_cmd(
     from pyspark.sql import SparkSession
 
     from storeml.batch.package_jobs import PackageJob, find_job, run_job_once
+    from storeml.batch.schedule import show_time
     from storeml.batch.transform import StoreGroup
-    from storeml.streams.spark_session import get_spark
 
     settings = settings_of(ctx)
     moment = _due(due)
     ours = SparkSession.getActiveSession() is None  # else an embedding process owns the session
-    sessions: list[SparkSession] = []
-    session_lock = threading.Lock()
-
-    def spark() -> SparkSession:
-        with session_lock:
-            if not sessions:
-                sessions.append(get_spark(settings, f"storeml-run-job-{job}"))
-            return sessions[0]
-
+    spark = LazySpark(settings, f"storeml-run-job-{job}")
+    dirs = ScheduleDirs.of(settings, output, lock_dir)
     try:
         group = StoreGroup.parse(store_group) if store_group else None
         action = PackageJob(
             find_job(packages_dir, job),
             settings,
             spark,
-            output_root=output or str(settings.home / "predictions"),
-            scratch=settings.home / "schedule" / "work",
+            output_root=dirs.output_root,
+            scratch=dirs.scratch,
             source="topic" if source == "topic" else "lake",
             recompute=recompute,
             store_group=group,
@@ -309,13 +301,11 @@ def schedule_run_job_cmd(
     except StoremlError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        record = run_job_once(
-            action, moment, Path(lock_dir or settings.home / "schedule" / "locks")
-        )
+        record = run_job_once(action, moment, dirs.lock_dir)
     finally:
-        if sessions and ours:
-            sessions[0].stop()
-    due_text = moment.strftime("%Y-%m-%d %H:%M:%SZ")
+        if spark.session is not None and ours:
+            spark.session.stop()
+    due_text = show_time(moment)
     if record.status == "ok":
         click.echo(f"run-job {job} due {due_text}: ok, {record.rows:,} rows ({record.detail})")
         return
