@@ -51,23 +51,23 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(top-level name, at module level) of each absolute import in ``path``."""
-    tree = ast.parse(path.read_text(), str(path))
-    top_level = set(map(id, tree.body))
+    """(top-level name, run at import time) of each absolute import in ``path``.
+
+    Import time is everything outside function bodies: the module's statements, and those in its
+    ``if TYPE_CHECKING:`` / ``try:`` blocks and class bodies.
+    """
     found: list[tuple[str, bool]] = []
+    deferred = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 
-    def visit(node: ast.AST, module_level: bool) -> None:
+    def visit(node: ast.AST, at_import: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            inner = module_level and id(child) in top_level
-            if isinstance(child, ast.If | ast.Try) and module_level:
-                inner = True  # `if TYPE_CHECKING:` / `try: import x` blocks at module level
             if isinstance(child, ast.Import):
-                found.extend((alias.name.split(".")[0], inner) for alias in child.names)
+                found.extend((alias.name.split(".")[0], at_import) for alias in child.names)
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
-                found.append((child.module.split(".")[0], inner))
-            visit(child, inner)
+                found.append((child.module.split(".")[0], at_import))
+            visit(child, at_import and not isinstance(child, deferred))
 
-    visit(tree, True)
+    visit(ast.parse(path.read_text(), str(path)), True)
     return found
 
 
